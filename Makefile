@@ -1,0 +1,31 @@
+# Everything runs inside .venv, created on first use from the pinned pyproject.toml.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEMO_OUT := out/demo
+
+.PHONY: demo test bench train-demo clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: $(INSTALLED)
+	rm -rf $(DEMO_OUT)
+	$(BIN)/camserve export demo --repo $(DEMO_OUT)/models --name shapes
+	$(BIN)/python examples/explain_in_process.py $(DEMO_OUT)/models/shapes/1 demo/samples/*.png --out $(DEMO_OUT)/overlays
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q
+
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/export_throughput.py
+
+# Re-train the bundled demo model (deterministic; the result is committed).
+train-demo: $(INSTALLED)
+	$(BIN)/python -m camserve.demo.train
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,21 @@
+"""The `camserve` command: one subcommand per part of the product."""
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    # TensorFlow's C++ start-up chatter hides our own progress lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from camserve.export import cli as export_cli
+
+    parser = argparse.ArgumentParser(prog="camserve", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    export_cli.add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""`camserve export SOURCE --repo DIR --name NAME ...`"""
+
+import argparse
+import sys
+
+from .preprocess import MODES
+
+
+def _size(text: str):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 224x224, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return h, w
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("export", help="Keras model -> XLA-compiled SavedModel with Grad-CAM")
+    p.add_argument("source", help="a .keras/.h5 file, a keras.applications name (resnet50, ...), or 'demo'")
+    p.add_argument("--repo", required=True, help="model repository folder")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--version", type=int, help="version to write (default: one more than the highest)")
+    p.add_argument("--layer", help="target layer name or dotted path into a nested model (vgg16.block5_conv3)")
+    p.add_argument("--preprocess", choices=sorted(MODES), help="pixel preprocessing (automatic for applications)")
+    p.add_argument("--labels", help="text file with one class name per line")
+    p.add_argument("--weights", default="imagenet", help="for applications: imagenet, none, or a weights file")
+    p.add_argument("--input-size", type=_size, help="HxW, required when the model's input size is open")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the float64 comparison")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from .exporter import ExportOptions, export
+
+    options = {k: getattr(args, k) for k in ExportOptions.__dataclass_fields__}
+    try:
+        path = export(ExportOptions(**options))
+    except (ValueError, RuntimeError) as err:
+        print(f"camserve export: error: {err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

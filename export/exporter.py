@@ -1,0 +1,154 @@
+"""`camserve export`: Keras model -> verified, versioned SavedModel."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from camserve.progress import Steps
+
+from . import graph, repository, source
+from .explainer import Explainer
+from .methods import NAMES
+from .module import CamModule
+from .preprocess import MODES
+from .verify import TOLERANCE, VerificationError, sample_inputs, verify
+
+
+class ExportError(ValueError):
+    pass
+
+
+@dataclass
+class ExportOptions:
+    source: str
+    repo: str
+    name: str
+    version: int | None = None
+    layer: str | None = None
+    preprocess: str | None = None
+    labels: str | None = None
+    weights: str = "imagenet"
+    input_size: tuple[int, int] | None = None
+    verify: bool = True
+
+
+def _input_geometry(model, requested):
+    """(H, W) and channel count of the model's image input."""
+    shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else ()
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        raise ExportError(f"expected one image input [N,H,W,3] (or 1 channel), got {list(shape) or 'several inputs'}")
+    fixed = shape[1:3]
+    if None in fixed:
+        if requested is None:
+            raise ExportError(f"the model's input size is open {list(shape)}: give it with --input-size HxW")
+        return tuple(requested), shape[-1]
+    if requested is not None and tuple(requested) != fixed:
+        raise ExportError(f"--input-size {requested[0]}x{requested[1]} differs from the model's fixed {fixed[0]}x{fixed[1]}")
+    return fixed, shape[-1]
+
+
+def _classes(opts: ExportOptions, src: source.Source, num_classes: int):
+    classes = source.read_labels(opts.labels) if opts.labels else src.classes
+    if classes is not None and len(classes) != num_classes:
+        raise ExportError(f"{len(classes)} labels for a model with {num_classes} classes")
+    return classes
+
+
+def _preprocess_mode(opts: ExportOptions, src: source.Source) -> str:
+    mode = opts.preprocess or src.preprocess
+    if mode is None:
+        raise ExportError(f"say how pixels are prepared for this model: --preprocess {{{','.join(MODES)}}}")
+    if mode not in MODES:
+        raise ExportError(f"--preprocess {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def _publishable_version(opts: ExportOptions) -> int:
+    version = opts.version or repository.next_version(opts.repo, opts.name)
+    if version < 1:
+        raise ExportError("--version must be a positive integer")
+    if repository.version_dir(opts.repo, opts.name, version).exists():
+        raise ExportError(f"{opts.name} version {version} already exists in {opts.repo}; versions are immutable")
+    return version
+
+
+def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
+    """Build, trace, compile, save, verify and publish; returns the version folder."""
+    steps = steps or Steps(6)
+    version = _publishable_version(opts)
+    with steps.step(f"build {opts.source}"):
+        src = source.load(opts.source, opts.weights, opts.input_size)
+        mode = _preprocess_mode(opts, src)
+        input_size, channels = _input_geometry(src.model, opts.input_size)
+        target = graph.resolve_target(src.model, opts.layer)
+        explainer = Explainer(graph.split(src.model, target, strip_softmax=True), mode, channels)
+        module = CamModule(src.model, explainer, input_size)
+        steps.say(f"      target layer {'.'.join(target)}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
+
+    with steps.step("trace signatures"):
+        signatures = module.signatures()
+        outputs = signatures["explain"].structured_outputs
+        num_classes = int(outputs["logits"].shape[-1])
+        feature_size = [int(d) for d in outputs["heatmap"].shape[1:]]
+        classes = _classes(opts, src, num_classes)
+        steps.say(f"      {num_classes} classes, feature map {feature_size[0]}x{feature_size[1]}")
+
+    with steps.step("compile with XLA"):
+        images, class_index, method = sample_inputs(input_size, num_classes, count=1)
+        module.explain(images, class_index, method)
+        module.predict(images)
+
+    staging = repository.staging_dir(opts.repo, opts.name, version)
+    shutil.rmtree(staging, ignore_errors=True)
+    with steps.step(f"save to {staging}"):
+        tf.saved_model.save(module, str(staging), signatures=signatures)
+        metadata = {
+            "name": opts.name,
+            "version": version,
+            "input_size": list(input_size),
+            "input_channels": channels,
+            "preprocess": mode,
+            "target_layer": ".".join(target),
+            "feature_size": feature_size,
+            "num_classes": num_classes,
+            "methods": list(NAMES),
+            "classes": classes,
+            "source": src.description,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        repository.write_metadata(staging, metadata)
+
+    with steps.step("verify against a float64 reference"):
+        if opts.verify:
+            _check(staging, src.model, target, mode, channels, input_size, steps)
+        else:
+            steps.say("      skipped (--no-verify)")
+
+    final = repository.version_dir(opts.repo, opts.name, version)
+    with steps.step(f"publish {final}"):
+        staging.rename(final)
+    return final
+
+
+def _check(staging, model, target, mode, channels, input_size, steps):
+    try:
+        report = verify(staging, model, target, mode, channels, input_size)
+    except VerificationError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    steps.say(
+        f"      max relative error: logits {report.logits_error:.2e}, heatmaps {report.heatmap_error:.2e} "
+        f"(tolerance {TOLERANCE:.0e})"
+    )
+    if not report.ok or not np.isfinite([report.logits_error, report.heatmap_error]).all():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise VerificationError("the exported model disagrees with the float64 reference; nothing was published")

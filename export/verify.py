@@ -1,0 +1,87 @@
+"""Export checks itself: the reloaded SavedModel against a float64 reference
+computed eagerly (no XLA) on a float64 copy of the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .explainer import Explainer
+from .graph import split
+from .methods import METHODS
+
+# float32 arithmetic through a deep network, relative to the output's magnitude.
+TOLERANCE = 2e-3
+
+
+class VerificationError(RuntimeError):
+    pass
+
+
+def _float64_config(config):
+    """The model's config with every dtype (policy) set to float64."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            return {**config, "config": {**config["config"], "name": "float64"}}
+        return {
+            k: ("float64" if k == "dtype" and isinstance(v, str) else _float64_config(v)) for k, v in config.items()
+        }
+    if isinstance(config, list):
+        return [_float64_config(v) for v in config]
+    return config
+
+
+def as_float64(model: keras.Model) -> keras.Model:
+    config = _float64_config(keras.saving.serialize_keras_object(model))
+    twin = keras.saving.deserialize_keras_object(config)
+    twin.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    return twin
+
+
+def sample_inputs(input_size, num_classes: int, count: int = 6, seed: int = 0):
+    """Smooth random images (structured activations, unlike white noise) with
+    top-1 and explicit classes and every method."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, size=(count, 8, 8, 3)).astype(np.float32)
+    images = tf.image.resize(coarse, input_size).numpy()
+    images = np.clip(images + rng.normal(0, 12, images.shape), 0, 255).astype(np.uint8)
+    class_index = np.array([-1, 0, num_classes - 1, -1, num_classes // 2, -1][:count], np.int32)
+    method = (np.arange(count) % len(METHODS)).astype(np.int32)
+    return images, class_index, method
+
+
+@dataclass
+class Report:
+    logits_error: float
+    heatmap_error: float
+
+    @property
+    def ok(self) -> bool:
+        return self.logits_error <= TOLERANCE and self.heatmap_error <= TOLERANCE
+
+
+def _relative_error(got, want) -> float:
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
+
+
+def verify(saved_model_dir, model, target_path, preprocess_mode, channels, input_size) -> Report:
+    explain = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
+    num_classes = int(explain.structured_outputs["logits"].shape[-1])
+    images, class_index, method = sample_inputs(input_size, num_classes)
+    got = {k: v.numpy() for k, v in explain(images=images, class_index=class_index, method=method).items()}
+
+    reference = Explainer(split(as_float64(model), target_path, True), preprocess_mode, channels, tf.float64)
+    want = {k: v.numpy() for k, v in reference.explain(images, class_index, method).items()}
+    if not np.array_equal(got["class_index"], want["class_index"]):
+        # Near-ties in top-1 can flip between float32 and float64; say so rather than compare maps of other classes.
+        raise VerificationError(f"explained classes differ: {got['class_index']} vs float64 {want['class_index']}")
+    return Report(
+        _relative_error(got["logits"], want["logits"]), _relative_error(_raw_map(got), _raw_map(want))
+    )
+
+
+def _raw_map(outputs):
+    return outputs["heatmap"] * outputs["heatmap_scale"][:, None, None]

@@ -1,0 +1,36 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from tests import models  # noqa: E402
+
+
+class Exports:
+    """Exports each test model once per session into one repository."""
+
+    def __init__(self, repo):
+        self.repo = repo
+        self._done = {}
+
+    def get(self, kind: str, seed: int = 0, transform=None, key=None):
+        key = key or kind
+        if key not in self._done:
+            import tensorflow as tf
+
+            from camserve.export.exporter import ExportOptions, export
+
+            model32, model64 = models.build(kind, seed, transform)
+            source = self.repo.parent / f"{key}.keras"
+            model32.model.save(source)
+            path = export(
+                ExportOptions(source=str(source), repo=str(self.repo), name=key, preprocess="scale", layer=model32.target)
+            )
+            self._done[key] = (path, tf.saved_model.load(str(path)), model32, model64)
+        return self._done[key]
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    return Exports(tmp_path_factory.mktemp("export") / "repo")

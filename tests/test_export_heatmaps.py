@@ -1,0 +1,126 @@
+"""Exported heatmaps against the independent float64 reference."""
+
+import numpy as np
+import pytest
+
+from tests import models, reference
+
+KINDS = ["functional", "sequential", "nested", "softmax_layer", "nested_backbone_target"]
+
+
+def run(saved, images, class_index, method):
+    out = saved.signatures["serving_default"](
+        images=images, class_index=np.asarray(class_index, np.int32), method=np.asarray(method, np.int32)
+    )
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def assert_matches_reference(got, i, want):
+    np.testing.assert_allclose(got["logits"][i], want["logits"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["probabilities"][i], want["probabilities"], rtol=1e-4, atol=1e-6)
+    assert got["class_index"][i] == want["class_index"]
+    np.testing.assert_allclose(got["heatmap"][i], want["heatmap"], atol=1e-4)
+    np.testing.assert_allclose(got["heatmap_scale"][i], want["heatmap_scale"], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", range(len(reference.METHODS)), ids=reference.METHODS)
+def test_heatmaps_equal_float64_reference(exports, kind, method):
+    _, saved, _, model64 = exports.get(kind)
+    images = reference.smooth_images(4, models.SIZE, seed=10 + method)
+    class_index = [-1, 0, models.CLASSES - 1, 2]
+    got = run(saved, images, class_index, [method] * 4)
+    wants = [reference.explain_one(model64, images[i], class_index[i], reference.METHODS[method]) for i in range(4)]
+    assert sum(w["heatmap_scale"] > 0 for w in wants) >= 2, "empty maps prove little: change the test images"
+    for i, want in enumerate(wants):
+        assert_matches_reference(got, i, want)
+
+
+def test_metadata_records_the_target_and_methods(exports):
+    from camserve.export.repository import read_metadata
+
+    for kind in KINDS:
+        path, _, model32, _ = exports.get(kind)
+        meta = read_metadata(path)
+        assert meta["target_layer"] == model32.target
+        assert meta["methods"] == list(reference.METHODS)
+        assert meta["input_size"] == [models.SIZE, models.SIZE]
+        assert meta["num_classes"] == models.CLASSES
+
+
+def test_batch_independence(exports):
+    """An image's outputs are the same alone and in a batch of 8 different images
+    with different classes and methods per image."""
+    _, saved, _, _ = exports.get("nested")
+    images = reference.smooth_images(8, models.SIZE, seed=3)
+    class_index = [-1, 0, 1, 2, 3, 4, -1, 1]
+    method = [0, 1, 2, 0, 1, 2, 1, 0]
+    batch = run(saved, images, class_index, method)
+    for i in range(8):
+        alone = run(saved, images[i : i + 1], class_index[i : i + 1], method[i : i + 1])
+        for name, value in alone.items():
+            np.testing.assert_allclose(batch[name][i], value[0], rtol=1e-5, atol=1e-6, err_msg=f"{name} of image {i}")
+
+
+def test_confident_softmax_still_gives_a_map(exports):
+    """Gradients through a saturated softmax vanish; ours come from the logits."""
+
+    def sharpen(weights):
+        weights = list(weights)
+        weights[-2] = weights[-2] * 2000.0  # the final Dense kernel
+        return weights
+
+    _, saved, _, model64 = exports.get("functional", transform=sharpen, key="confident")
+    images = reference.smooth_images(2, models.SIZE, seed=4)
+    got = run(saved, images, [-1, -1], [0, 0])
+    assert np.all(got["probabilities"].max(axis=1) == 1.0), "the model should be saturated for this test to mean anything"
+    for i in range(2):
+        assert got["heatmap"][i].max() == pytest.approx(1.0)
+        assert_matches_reference(got, i, reference.explain_one(model64, images[i], -1, "gradcam"))
+
+
+def test_empty_map_is_zeros_not_nan(exports):
+    """All-negative class weights over ReLU activations make every map empty."""
+
+    def negative(weights):
+        weights = list(weights)
+        weights[-2] = -np.abs(weights[-2])
+        return weights
+
+    _, saved, _, _ = exports.get("functional", transform=negative, key="negative")
+    images = reference.smooth_images(3, models.SIZE, seed=5)
+    got = run(saved, images, [1, 1, 1], [0, 1, 2])
+    assert np.all(got["heatmap"] == 0.0) and not np.isnan(got["heatmap"]).any()
+    assert np.all(got["heatmap_scale"] == 0.0)
+    assert np.all(got["class_index"] == 1)
+
+
+def test_gap_dense_gradcam_is_proportional_to_classic_cam(exports):
+    """Zhou et al.'s CAM from the Dense weights: sum_k W[k,c] A_k."""
+    _, saved, _, model64 = exports.get("functional")
+    images = reference.smooth_images(3, models.SIZE, seed=6)
+    got = run(saved, images, [0, 3, -1], [0, 0, 0])
+    kernel = model64.model.get_layer("dense").kernel.numpy()
+    for i in range(3):
+        a = model64.features(images[i : i + 1].astype(np.float64) / 255.0).numpy()[0]
+        cam = np.maximum(a @ kernel[:, got["class_index"][i]], 0.0)
+        np.testing.assert_allclose(got["heatmap"][i], cam / cam.max(), atol=1e-4)
+
+
+def test_invalid_class_or_method_is_flagged_not_guessed(exports):
+    _, saved, _, _ = exports.get("functional")
+    images = reference.smooth_images(4, models.SIZE, seed=7)
+    got = run(saved, images, [models.CLASSES, -2, 0, 0], [0, 0, 3, -1])
+    assert list(got["class_index"]) == [-1, -1, -1, -1]
+    assert np.all(got["heatmap"] == 0.0)
+    assert np.isfinite(got["logits"]).all()
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential", "nested", "softmax_layer"])
+def test_default_target_is_last_spatial_layer_through_nesting(kind):
+    """Post-activation (block_out after the Add), inside a nested head, and never
+    the 1x1 pooling after it."""
+    from camserve.export.graph import default_target
+
+    test_model = models.BUILDERS[kind]()
+    assert ".".join(default_target(test_model.model)) == test_model.target
