@@ -14,7 +14,7 @@ from .graph import split
 from .methods import METHODS
 
 # float32 arithmetic through a deep network, relative to the output's magnitude.
-TOLERANCE = 2e-3
+TOLERANCE = 1e-4
 
 
 class VerificationError(RuntimeError):
