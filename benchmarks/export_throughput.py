@@ -1,0 +1,114 @@
+"""In-process throughput of the exported computation: explain vs predict, XLA vs
+the same function without jit_compile, and the seed-style eager Grad-CAM that
+explains one image at a time. Prints a table and writes JSON.
+
+    python benchmarks/export_throughput.py [--models demo resnet50] [--batches 1 8 32]
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import best_of_rounds  # noqa: E402
+
+from camserve.export import graph, source  # noqa: E402
+from camserve.export.explainer import Explainer  # noqa: E402
+from camserve.export.preprocess import preprocess  # noqa: E402
+
+SOURCES = {"demo": ("demo", "imagenet", None), "resnet50": ("resnet50", "none", (224, 224))}
+
+
+def seed_style_gradcam(model, target_name: str, mode: str):
+    """What users write by hand (the Keras example): an eager tape per image."""
+    grad_model = keras.Model(model.inputs, [model.get_layer(target_name).output, model.output])
+
+    def explain_one(image):
+        x = preprocess(image[None], mode, 3)
+        with tf.GradientTape() as tape:
+            activations, predictions = grad_model(x)
+            score = predictions[:, tf.argmax(predictions[0])]
+        grads = tape.gradient(score, activations)
+        weights = tf.reduce_mean(grads, axis=(0, 1, 2))
+        cam = tf.nn.relu(tf.reduce_sum(activations[0] * weights, axis=-1))
+        return (cam / (tf.reduce_max(cam) + 1e-12)).numpy()
+
+    return explain_one
+
+
+def bench_model(name: str, batches, rounds: int, min_seconds: float):
+    src_name, weights, size = SOURCES[name]
+    src = source.load(src_name, weights, size)
+    height, width = src.model.inputs[0].shape[1:3]
+    target = graph.default_target(src.model)
+    explainer = Explainer(graph.split(src.model, target, strip_softmax=True), src.preprocess, 3)
+    functions = {
+        (kind, jit): tf.function(getattr(explainer, kind), jit_compile=jit)
+        for kind in ("explain", "predict")
+        for jit in (True, False)
+    }
+    eager = seed_style_gradcam(src.model, target[-1], src.preprocess)
+    rows = []
+    for batch in batches:
+        images = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+        class_index = tf.fill([batch], -1)
+        method = tf.zeros([batch], tf.int32)
+        configs = {
+            "predict_xla": lambda: functions["predict", True](images)["logits"].numpy(),
+            "explain_xla": lambda: functions["explain", True](images, class_index, method)["heatmap"].numpy(),
+            "predict_graph": lambda: functions["predict", False](images)["logits"].numpy(),
+            "explain_graph": lambda: functions["explain", False](images, class_index, method)["heatmap"].numpy(),
+            "eager_per_image": lambda: [eager(image) for image in images],
+        }
+        started = time.perf_counter()
+        result = best_of_rounds(configs, batch, rounds, min_seconds)
+        row = {"model": name, "batch": batch, **{k: round(v, 2) for k, v in result.items()}}
+        row["explain/predict (xla)"] = round(result["explain_xla"] / result["predict_xla"], 3)
+        row["xla/graph (explain)"] = round(result["explain_xla"] / result["explain_graph"], 3)
+        row["explain_xla/eager"] = round(result["explain_xla"] / result["eager_per_image"], 1)
+        rows.append(row)
+        print(f"  {name} batch {batch}: measured in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum seconds per measurement")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "export_throughput.json"))
+    args = parser.parse_args()
+    rows = [row for name in args.models for row in bench_model(name, args.batches, args.rounds, args.seconds)]
+    print(table(rows))
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "tensorflow": tf.__version__,
+        "unit": "images/s",
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
