@@ -9,10 +9,12 @@ def main(argv=None) -> int:
     # TensorFlow's C++ start-up chatter hides our own progress lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from camserve.export import cli as export_cli
+    from camserve.server import cli as server_cli
 
     parser = argparse.ArgumentParser(prog="camserve", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     export_cli.add_parser(subparsers)
+    server_cli.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,137 @@
+"""`camserve serve`: the process. Start listening (health NOT_SERVING), load and
+warm up every model, report SERVING; on SIGTERM/SIGINT report NOT_SERVING,
+finish what was accepted, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from camserve.v1 import camserve_pb2, camserve_pb2_grpc
+
+from .batcher import BatchingOptions
+from .device import select_device
+from .handler import Handler, Limits
+from .logs import configure_logging
+from .metrics import Metrics
+from .models import Registry, ServedModel, discover
+from .service import CamServeService
+
+log = logging.getLogger("camserve.server")
+
+SERVICE_NAME = camserve_pb2.DESCRIPTOR.services_by_name["CamServe"].full_name
+
+
+@dataclass
+class ServerOptions:
+    repo: Path
+    models: list[str] | None = None
+    host: str = "0.0.0.0"
+    port: int = 8500
+    metrics_port: int = 8501  # 0: no metrics endpoint
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    limits: Limits = field(default_factory=Limits)
+    max_message_bytes: int = 64 * 1024 * 1024
+    decode_threads: int = max(2, os.cpu_count() or 2)
+    shutdown_delay: float = 1.0  # keep answering after SIGTERM so balancers see NOT_SERVING
+    drain_timeout: float = 30.0
+
+
+class Server:
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        self.metrics = Metrics()
+        self.registry = Registry()
+        self.health = health_aio.HealthServicer()
+        self.decoders = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
+        self.handler = Handler(self.registry, self.decoders, options.limits, self.metrics)
+        self.stopping = asyncio.Event()
+        limit = options.max_message_bytes
+        self.grpc = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        )
+        camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.handler), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.grpc,
+        )
+
+    async def _set_health(self, status):
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def _load_models(self, device: str):
+        loop = asyncio.get_running_loop()
+        for path in discover(self.options.repo, self.options.models):
+            log.info("loading %s", path)
+            # Loading and XLA compiles block for seconds: off the event loop, so health answers meanwhile.
+            model = await loop.run_in_executor(
+                None, ServedModel, path, device, self.options.batching, self.metrics
+            )
+            self.registry.add(model)
+            await loop.run_in_executor(None, model.warm_up, log.info)
+            model.batcher.start()
+            log.info("model %s v%s ready on %s", model.name, model.version, device)
+
+    def _on_signal(self, signum):
+        log.info("received %s: draining", signal.Signals(signum).name)
+        self.stopping.set()
+
+    async def run(self) -> int:
+        opts = self.options
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        address = f"{opts.host}:{opts.port}"
+        if not self.grpc.add_insecure_port(address):
+            raise OSError(f"cannot listen on {address}")
+        await self.grpc.start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        if opts.metrics_port:
+            self.metrics.serve(opts.metrics_port)
+        log.info("listening on %s (metrics on :%s); NOT_SERVING until warm-up ends", address, opts.metrics_port)
+
+        device = select_device()
+        loader = asyncio.create_task(self._load_models(device))
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({loader, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if loader.done() and not self.stopping.is_set():
+            loader.result()  # a model that fails to load stops the server here
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("SERVING %d model(s): %s", len(self.registry.models), ", ".join(self.registry.models))
+            await self.stopping.wait()
+        await self._drain(loader)
+        return 0
+
+    async def _drain(self, loader: asyncio.Task):
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        loader.cancel()
+        await asyncio.sleep(self.options.shutdown_delay)
+        # New calls are refused from here; accepted ones finish within the drain timeout.
+        await self.grpc.stop(grace=self.options.drain_timeout)
+        for model in self.registry.models.values():
+            await model.batcher.stop()
+            model.close()
+        self.decoders.shutdown(wait=False)
+        log.info("stopped")
+
+
+def serve(options: ServerOptions) -> int:
+    configure_logging()
+
+    async def main():
+        # grpc.aio binds its server to the running loop: create it inside.
+        return await Server(options).run()
+
+    return asyncio.run(main())

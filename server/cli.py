@@ -1,0 +1,47 @@
+"""`camserve serve --repo DIR [--port 8500] ...`"""
+
+from pathlib import Path
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("serve", help="serve a model repository over gRPC with dynamic batching")
+    p.add_argument("--repo", required=True, type=Path, help="model repository folder")
+    p.add_argument("--model", dest="models", action="append", help="serve only this model (repeatable)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8500)
+    p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus metrics over HTTP; 0 turns it off")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--batch-timeout-ms", type=float, default=5.0, help="longest a batch waits for requests being decoded")
+    p.add_argument("--max-enqueued", type=int, default=256, help="waiting requests per model before RESOURCE_EXHAUSTED")
+    p.add_argument("--allowed-batch-sizes", type=int, nargs="+", help="the padding ladder (default: powers of two)")
+    p.add_argument("--max-message-mb", type=float, default=64.0)
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
+    p.add_argument("--shutdown-delay", type=float, default=1.0, help="seconds of NOT_SERVING before refusing calls")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds accepted calls get to finish")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from .app import ServerOptions, serve
+    from .batcher import BatchingOptions
+    from .handler import Limits
+
+    batching = BatchingOptions(
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout_ms / 1e3,
+        max_enqueued=args.max_enqueued,
+        allowed_batch_sizes=tuple(args.allowed_batch_sizes or ()),
+    )
+    options = ServerOptions(
+        repo=args.repo,
+        models=args.models,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        batching=batching,
+        limits=Limits(max_pixels=args.max_pixels),
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        shutdown_delay=args.shutdown_delay,
+        drain_timeout=args.drain_timeout,
+    )
+    return serve(options)

@@ -1,0 +1,164 @@
+"""One explain request, top to bottom: model -> options -> bytes to pixels
+(thread pool) -> batch -> response. Everything a caller can get wrong is
+checked before the request joins a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from camserve import geometry
+from camserve.v1 import camserve_pb2 as pb
+
+from .batcher import Item, Result
+from .decode import decode_encoded, decode_raw
+from .errors import RequestError, invalid
+from .models import Registry, ServedModel
+
+DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 40_000_000
+
+
+@dataclass
+class Prepared:
+    model: ServedModel
+    class_index: int
+    method: int
+    top_k: int
+
+
+def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
+    method_name = request.method or "gradcam"
+    if method_name not in model.methods:
+        raise invalid(f"unknown method {method_name!r}; {model.name} offers {', '.join(model.methods)}")
+    class_index = request.class_index if request.HasField("class_index") else -1
+    if not -1 <= class_index < model.num_classes:
+        raise invalid(f"class_index {class_index} is out of range for {model.num_classes} classes (-1 or unset: top-1)")
+    if request.resize not in (geometry.STRETCH, geometry.CENTER_CROP, geometry.LETTERBOX):
+        raise invalid(f"unknown resize mode {request.resize}")
+    if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8):
+        raise invalid(f"unknown heatmap type {request.heatmap_type}")
+    top_k = min(request.top_k or DEFAULT_TOP_K, model.num_classes)
+    return Prepared(model, class_index, model.methods.index(method_name), top_k)
+
+
+def _pixels(image: pb.Image, limits: Limits) -> np.ndarray:
+    kind = image.WhichOneof("data")
+    if kind == "encoded":
+        return decode_encoded(image.encoded, limits.max_pixels)
+    if kind == "raw":
+        raw = image.raw
+        return decode_raw(raw.pixels, raw.height, raw.width, raw.channels, limits.max_pixels)
+    raise invalid("image is empty: set image.encoded or image.raw")
+
+
+def _heatmap(request: pb.ExplainRequest, outputs: dict, region: geometry.Region, original) -> pb.Heatmap:
+    values = outputs["heatmap"]
+    if request.heatmap_original_size:
+        values = geometry.heatmap_to_image(values, region, original[1], original[0])
+        region = geometry.Region(0.0, 0.0, float(original[1]), float(original[0]))
+    if request.heatmap_type == pb.HEATMAP_UINT8:
+        data = np.round(values * 255).astype(np.uint8).tobytes()
+    else:
+        data = values.astype("<f4").tobytes()
+    return pb.Heatmap(
+        height=values.shape[0],
+        width=values.shape[1],
+        type=request.heatmap_type,
+        data=data,
+        scale=float(outputs["heatmap_scale"]),
+        region=pb.Region(x0=region.x0, y0=region.y0, x1=region.x1, y1=region.y1),
+    )
+
+
+def _class(model: ServedModel, outputs: dict, index: int) -> pb.Class:
+    return pb.Class(
+        index=index,
+        label=model.classes[index] if model.classes and index >= 0 else "",
+        probability=float(outputs["probabilities"][index]) if index >= 0 else 0.0,
+        logit=float(outputs["logits"][index]) if index >= 0 else 0.0,
+    )
+
+
+def build_response(request, prepared: Prepared, result: Result, region, original, received: float) -> pb.ExplainResponse:
+    model, outputs = prepared.model, result.outputs
+    order = np.argsort(-outputs["probabilities"], kind="stable")[: prepared.top_k]
+    response = pb.ExplainResponse(
+        id=request.id,
+        model=model.name,
+        version=model.version,
+        explained=_class(model, outputs, int(outputs["class_index"])),
+        top_k=[_class(model, outputs, int(i)) for i in order],
+        heatmap=_heatmap(request, outputs, region, original),
+        method=model.methods[prepared.method],
+        timing=pb.Timing(
+            queue_ms=result.queue_s * 1e3,
+            compute_ms=result.compute_s * 1e3,
+            batch_size=result.batch_size,
+            total_ms=(time.monotonic() - received) * 1e3,
+        ),
+    )
+    if request.return_scores:
+        response.logits.extend(outputs["logits"].tolist())
+        response.probabilities.extend(outputs["probabilities"].tolist())
+    return response
+
+
+class Handler:
+    def __init__(self, registry: Registry, executor: Executor, limits: Limits, metrics=None):
+        self.registry = registry
+        self.executor = executor
+        self.limits = limits
+        self.metrics = metrics
+
+    def _decode_and_fit(self, request, model: ServedModel):
+        image = _pixels(request.image, self.limits)
+        canvas, region = geometry.fit(image, model.height, model.width, request.resize)
+        return canvas, region, image.shape[:2]
+
+    async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
+        received = time.monotonic()
+        # Only served names become metric labels: callers' typos must not grow the label set.
+        code, queue_s, model_name = grpc.StatusCode.OK, None, "unknown"
+        try:
+            prepared = _options(request, self.registry.get(request.model, request.version))
+            model = prepared.model
+            model_name = model.name
+            loop = asyncio.get_running_loop()
+            model.batcher.expect()
+            try:
+                canvas, region, original = await loop.run_in_executor(
+                    self.executor, self._decode_and_fit, request, model
+                )
+            finally:
+                model.batcher.expected_done()
+            remaining = context.time_remaining() if context is not None else None
+            future = loop.create_future()
+            model.batcher.submit(
+                Item(canvas, prepared.class_index, prepared.method, None if remaining is None else received + remaining, future)
+            )
+            result = await future
+            queue_s = result.queue_s
+            build = functools.partial(build_response, request, prepared, result, region, original, received)
+            if request.heatmap_original_size:  # resizing a map to a large image is real work
+                return await loop.run_in_executor(self.executor, build)
+            return build()
+        except RequestError as err:
+            code = err.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            if self.metrics:
+                self.metrics.finished(model_name, api, code.name, time.monotonic() - received, queue_s)

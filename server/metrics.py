@@ -1,0 +1,54 @@
+"""Prometheus metrics, served over HTTP on their own port."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "camserve_requests", "Requests by model, API and gRPC status code", ["model", "api", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "camserve_request_latency_seconds", "Arrival to response", ["model", "api"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_time = Histogram(
+            "camserve_queue_seconds", "Time waiting for a batch", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.compute_time = Histogram(
+            "camserve_compute_seconds", "Model run time per batch", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "camserve_batch_size", "Requests per batch, before padding", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.padding = Counter("camserve_padding_slots", "Batch slots filled with padding", ["model"], registry=r)
+        self.executed = Counter("camserve_executed_requests", "Requests that ran on the model", ["model"], registry=r)
+        self.drops = Counter(
+            "camserve_dropped_requests", "Requests dropped before running", ["model", "reason"], registry=r
+        )
+        self.depth = Gauge("camserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
+
+    def serve(self, port: int, host: str = "127.0.0.1"):
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_batch(self, model: str, requests: int, padded_size: int, compute_s: float):
+        self.batch_size.labels(model).observe(requests)
+        self.padding.labels(model).inc(padded_size - requests)
+        self.executed.labels(model).inc(requests)
+        self.compute_time.labels(model).observe(compute_s)
+
+    def dropped(self, model: str, reason: str):
+        self.drops.labels(model, reason).inc()
+
+    def queue_depth(self, model: str, depth: int):
+        self.depth.labels(model).set(depth)
+
+    def finished(self, model: str, api: str, code: str, latency_s: float, queue_s: float | None):
+        self.requests.labels(model, api, code).inc()
+        self.latency.labels(model, api).observe(latency_s)
+        if queue_s is not None:
+            self.queue_time.labels(model).observe(queue_s)

@@ -1,0 +1,92 @@
+"""The camserve.v1 gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
+
+from .errors import RequestError
+from .handler import Handler
+from .models import Registry, ServedModel
+
+_END = object()  # closes a stream's response queue
+
+
+def model_info(model: ServedModel) -> pb.ModelInfo:
+    meta = model.metadata
+    return pb.ModelInfo(
+        name=model.name,
+        version=model.version,
+        input_height=model.height,
+        input_width=model.width,
+        preprocess=meta["preprocess"],
+        target_layer=meta["target_layer"],
+        feature_height=meta["feature_size"][0],
+        feature_width=meta["feature_size"][1],
+        methods=model.methods,
+        classes=model.classes,
+        num_classes=model.num_classes,
+        device=model.device,
+        batch_sizes=list(model.batcher.ladder),
+        state=model.state,
+        tensorflow=meta.get("tensorflow", ""),
+        keras=meta.get("keras", ""),
+    )
+
+
+class CamServeService(pb_grpc.CamServeServicer):
+    def __init__(self, registry: Registry, handler: Handler):
+        self.registry = registry
+        self.handler = handler
+
+    async def Explain(self, request, context):
+        try:
+            return await self.handler.explain(request, context, "native")
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+
+    async def ExplainStream(self, request_iterator, context):
+        """Requests are read and explained concurrently; responses go out in
+        completion order, each tagged with its request's id."""
+        done: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def explain_one(request):
+            try:
+                response = await self.handler.explain(request, context, "native_stream")
+            except RequestError as err:
+                response = pb.ExplainResponse(id=request.id, error=pb.Error(code=err.code.value[0], message=err.message))
+            await done.put(response)
+
+        async def read_all():
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(explain_one(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.gather(*pending)
+            finally:
+                await done.put(_END)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (response := await done.get()) is not _END:
+                yield response
+            await reader  # re-raises a broken request stream
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.models.values()])
+
+    async def GetModel(self, request, context):
+        model = self.registry.models.get(request.model)
+        if model is None or (request.version and request.version != model.version):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} version {request.version or 'latest'} is not served here")
+        return model_info(model)
