@@ -12,7 +12,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from camserve.client.overlay import overlay  # noqa: E402
+from camserve import geometry  # noqa: E402
+from camserve.client.overlay import blend  # noqa: E402
 
 
 def main():
@@ -36,7 +37,9 @@ def main():
         top = np.argsort(probs)[::-1][:3]
         print(Path(path).name + ": " + ", ".join(f"{classes[i]} {probs[i]:.3f}" for i in top))
         target = out / (Path(path).stem + "_gradcam.png")
-        cv2.imwrite(str(target), cv2.cvtColor(overlay(image, heatmap), cv2.COLOR_RGB2BGR))
+        full = geometry.Region(0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+        heatmap = geometry.heatmap_to_image(heatmap, full, image.shape[1], image.shape[0])
+        cv2.imwrite(str(target), cv2.cvtColor(blend(image, heatmap), cv2.COLOR_RGB2BGR))
     print(f"overlays written to {out}")
 
 

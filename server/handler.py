@@ -101,6 +101,8 @@ def build_response(request, prepared: Prepared, result: Result, region, original
         top_k=[_class(model, outputs, int(i)) for i in order],
         heatmap=_heatmap(request, outputs, region, original),
         method=model.methods[prepared.method],
+        image_height=original[0],
+        image_width=original[1],
         timing=pb.Timing(
             queue_ms=result.queue_s * 1e3,
             compute_ms=result.compute_s * 1e3,

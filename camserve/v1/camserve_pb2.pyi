@@ -130,7 +130,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("id", "model", "version", "explained", "top_k", "logits", "probabilities", "heatmap", "method", "timing", "error")
+    __slots__ = ("id", "model", "version", "explained", "top_k", "logits", "probabilities", "heatmap", "method", "timing", "error", "image_height", "image_width")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,8 @@ class ExplainResponse(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     version: int
@@ -153,7 +155,9 @@ class ExplainResponse(_message.Message):
     method: str
     timing: Timing
     error: Error
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., explained: _Optional[_Union[Class, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., method: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    image_height: int
+    image_width: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., explained: _Optional[_Union[Class, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., method: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

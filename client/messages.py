@@ -1,0 +1,147 @@
+"""Requests from what callers hold (paths, encoded bytes, numpy arrays) and
+Explanations from responses; shared by the blocking and the asyncio client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from camserve import geometry
+from camserve.v1 import camserve_pb2 as pb
+
+from . import overlay as drawing
+
+RESIZE_MODES = {"stretch": pb.RESIZE_STRETCH, "center_crop": pb.RESIZE_CENTER_CROP, "letterbox": pb.RESIZE_LETTERBOX}
+HEATMAP_TYPES = {"float32": pb.HEATMAP_FLOAT32, "uint8": pb.HEATMAP_UINT8}
+
+
+def image_message(image) -> pb.Image:
+    """A path, encoded bytes, or a uint8 array [H,W], [H,W,1|3|4] in RGB(A) order."""
+    if isinstance(image, (str, Path)):
+        return pb.Image(encoded=Path(image).read_bytes())
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return pb.Image(encoded=bytes(image))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise TypeError(f"pixel arrays must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"expected [H,W] or [H,W,C] pixels, got shape {array.shape}")
+    height, width, channels = array.shape
+    return pb.Image(raw=pb.RawImage(pixels=np.ascontiguousarray(array).tobytes(), height=height, width=width, channels=channels))
+
+
+def request_message(
+    image,
+    *,
+    model=None,
+    version=0,
+    class_index=None,
+    method="gradcam",
+    top_k=5,
+    heatmap_type="float32",
+    original_size=False,
+    resize="stretch",
+    return_scores=False,
+    request_id="",
+) -> pb.ExplainRequest:
+    request = pb.ExplainRequest(
+        id=request_id,
+        model=model or "",
+        version=version,
+        image=image_message(image),
+        method=method,
+        top_k=top_k,
+        heatmap_type=HEATMAP_TYPES[heatmap_type],
+        heatmap_original_size=original_size,
+        resize=RESIZE_MODES[resize],
+        return_scores=return_scores,
+    )
+    if class_index is not None:
+        request.class_index = class_index
+    return request
+
+
+@dataclass
+class Prediction:
+    index: int
+    label: str
+    probability: float
+    logit: float
+
+
+@dataclass
+class Explanation:
+    id: str
+    model: str = ""
+    version: int = 0
+    class_index: int = -1
+    label: str = ""
+    method: str = ""
+    top_k: list[Prediction] = field(default_factory=list)
+    logits: np.ndarray | None = None  # with return_scores
+    probabilities: np.ndarray | None = None
+    heatmap: np.ndarray | None = None  # float32 [h,w] in [0,1]
+    heatmap_scale: float = 0.0
+    region: geometry.Region | None = None  # where the map lies on the image as sent
+    image_size: tuple[int, int] = (0, 0)  # (height, width) as sent
+    batch_size: int = 0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    total_ms: float = 0.0
+    error: tuple[str, str] | None = None  # (status code name, message), from explain_stream only
+    index: int | None = None  # the position in the caller's iterable, from explain_stream
+
+    def heatmap_at(self, width: int, height: int) -> np.ndarray:
+        """The map over an image of width x height showing what was sent."""
+        sx, sy = width / self.image_size[1], height / self.image_size[0]
+        return geometry.heatmap_to_image(self.heatmap, self.region.scaled(sx, sy), width, height)
+
+    def overlay(self, image, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
+        """RGB uint8 image with the heatmap blended over it."""
+        image = np.asarray(image, np.uint8)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        image = image[:, :, :3]
+        heatmap = self.heatmap_at(image.shape[1], image.shape[0])
+        return drawing.blend(image, heatmap, colormap, alpha)
+
+
+def _prediction(c: pb.Class) -> Prediction:
+    return Prediction(c.index, c.label, c.probability, c.logit)
+
+
+def explanation(response: pb.ExplainResponse, index: int | None = None) -> Explanation:
+    if response.HasField("error"):
+        import grpc
+
+        code = next((c.name for c in grpc.StatusCode if c.value[0] == response.error.code), str(response.error.code))
+        return Explanation(id=response.id, error=(code, response.error.message), index=index)
+    hm = response.heatmap
+    if hm.type == pb.HEATMAP_UINT8:
+        values = np.frombuffer(hm.data, np.uint8).reshape(hm.height, hm.width).astype(np.float32) / 255.0
+    else:
+        values = np.frombuffer(hm.data, "<f4").reshape(hm.height, hm.width).astype(np.float32)
+    return Explanation(
+        id=response.id,
+        model=response.model,
+        version=response.version,
+        class_index=response.explained.index,
+        label=response.explained.label,
+        method=response.method,
+        top_k=[_prediction(c) for c in response.top_k],
+        logits=np.array(response.logits, np.float32) if response.logits else None,
+        probabilities=np.array(response.probabilities, np.float32) if response.probabilities else None,
+        heatmap=values,
+        heatmap_scale=hm.scale,
+        region=geometry.Region(hm.region.x0, hm.region.y0, hm.region.x1, hm.region.y1),
+        image_size=(response.image_height, response.image_width),
+        batch_size=response.timing.batch_size,
+        queue_ms=response.timing.queue_ms,
+        compute_ms=response.timing.compute_ms,
+        total_ms=response.timing.total_ms,
+        index=index,
+    )
