@@ -27,8 +27,9 @@ class ServedModel:
     def __init__(self, path: Path, device: str, options: BatchingOptions, metrics=None):
         self.path = Path(path)
         self.metadata = repository.read_metadata(path)
-        self.name = self.metadata["name"]
-        self.version = int(self.metadata["version"])
+        # The repository's folders name the model, as in TF Serving: copies and renames just work.
+        self.name = self.path.parent.name
+        self.version = int(self.path.name)
         self.device = device
         self.state = LOADING
         self.height, self.width = self.metadata["input_size"]

@@ -34,3 +34,26 @@ class Exports:
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory):
     return Exports(tmp_path_factory.mktemp("export") / "repo")
+
+
+@pytest.fixture(scope="session")
+def server_repo(exports, tmp_path_factory):
+    """A repository with the functional test model as `tiny`."""
+    import shutil
+
+    path, *_ = exports.get("functional")
+    repo = tmp_path_factory.mktemp("serve") / "repo"
+    shutil.copytree(path, repo / "tiny" / "1")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(server_repo, tmp_path_factory):
+    from tests.serving import ServerProcess
+
+    process = ServerProcess(server_repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "8")
+    try:
+        process.wait_for("SERVING")
+        yield process
+    finally:
+        process.terminate()

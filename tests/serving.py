@@ -1,0 +1,75 @@
+"""A real `camserve serve` process on loopback, for the tests."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, repo: Path, log: Path, *args: str):
+        self.port, self.metrics_port = free_port(), free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log = log
+        command = [sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), *args]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+        self.channel = grpc.insecure_channel(self.target)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def health(self, service: str = "") -> str | None:
+        """SERVING / NOT_SERVING, or None when the server does not answer."""
+        try:
+            response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+        except grpc.RpcError:
+            return None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_for(self, status: str, timeout: float = 180.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.health() == status:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"server not {status} after {timeout}s:\n{self.log_tail()}")
+
+    def metrics(self) -> dict[tuple, float]:
+        """{(sample name, sorted labels): value}"""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def metric(self, name: str, **labels) -> float:
+        """Sum of a sample over the series whose labels include `labels`."""
+        return sum(v for (n, ls), v in self.metrics().items() if n == name and set(labels.items()) <= set(ls))
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.channel.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,262 @@
+"""The real server on loopback, called over gRPC."""
+
+import asyncio
+import threading
+import time
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from camserve.client import AsyncClient, Client
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from tests import models, reference
+
+SIZE = models.SIZE
+
+
+@pytest.fixture(scope="module")
+def in_process(server_repo):
+    return tf.saved_model.load(str(server_repo / "tiny" / "1")).signatures["serving_default"]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.target, model="tiny") as c:
+        yield c
+
+
+def local(explain, images, class_index=-1, method=0):
+    n = len(images)
+    out = explain(
+        images=np.asarray(images, np.uint8),
+        class_index=np.full(n, class_index, np.int32),
+        method=np.full(n, method, np.int32),
+    )
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def png(image) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def assert_same(result, want, i=0):
+    np.testing.assert_allclose(result.heatmap, want["heatmap"][i], atol=1e-6)
+    assert result.class_index == want["class_index"][i]
+    np.testing.assert_allclose(result.probabilities, want["probabilities"][i], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.logits, want["logits"][i], rtol=1e-5, atol=1e-6)
+    assert result.heatmap_scale == pytest.approx(float(want["heatmap_scale"][i]), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["encoded", "raw"])
+def test_server_equals_in_process_savedmodel(client, in_process, kind):
+    images = reference.smooth_images(3, SIZE, seed=20)
+    for i, image in enumerate(images):
+        for class_index, method in ((None, 0), (3, 1), (0, 2)):
+            sent = png(image) if kind == "encoded" else image
+            result = client.explain(sent, class_index=class_index, method=("gradcam", "gradcam++", "guided")[method], return_scores=True)
+            want = local(in_process, image[None], -1 if class_index is None else class_index, method)
+            assert_same(result, want)
+            assert result.method == ("gradcam", "gradcam++", "guided")[method]
+
+
+def test_larger_images_are_resized_like_opencv_area(client, in_process):
+    big = cv2.resize(reference.smooth_images(1, SIZE, seed=21)[0], (97, 75), interpolation=cv2.INTER_CUBIC)
+    result = client.explain(png(big), return_scores=True)
+    assert_same(result, local(in_process, cv2.resize(big, (SIZE, SIZE), interpolation=cv2.INTER_AREA)[None]))
+    assert result.image_size == (75, 97)
+
+
+def test_gray_and_alpha_images(client, in_process):
+    rgb = reference.smooth_images(1, SIZE, seed=22)[0]
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    want_gray = local(in_process, np.repeat(gray[None, :, :, None], 3, axis=3))
+    assert_same(client.explain(cv2.imencode(".png", gray)[1].tobytes(), return_scores=True), want_gray)
+    assert_same(client.explain(gray, return_scores=True), want_gray)
+    rgba = np.dstack([rgb, np.full((SIZE, SIZE), 255, np.uint8)])
+    assert_same(client.explain(rgba, return_scores=True), local(in_process, rgb[None]))
+
+
+def test_top_k_labels_and_heatmap_formats(client, in_process):
+    image = reference.smooth_images(1, SIZE, seed=23)[0]
+    want = local(in_process, image[None])
+    result = client.explain(image, top_k=3, heatmap_type="uint8")
+    order = np.argsort(-want["probabilities"][0])[:3]
+    assert [p.index for p in result.top_k] == list(order)
+    np.testing.assert_allclose(result.heatmap, np.round(want["heatmap"][0] * 255) / 255, atol=1e-6)
+    full = client.explain(image, original_size=True)
+    assert full.heatmap.shape == (SIZE, SIZE)
+    np.testing.assert_allclose(full.heatmap, client.explain(image).heatmap_at(SIZE, SIZE), atol=1e-6)
+
+
+@pytest.mark.parametrize("resize", ["center_crop", "letterbox"])
+def test_resize_modes_map_back_to_the_original_geometry(client, in_process, resize):
+    """A wide image: center-crop explains its middle square, letterbox all of it
+    padded; at original size the map covers exactly the region that was seen."""
+    wide = cv2.resize(reference.smooth_images(1, SIZE, seed=24)[0], (2 * SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    result = client.explain(wide, resize=resize, original_size=True)
+    assert result.heatmap.shape == (SIZE, 2 * SIZE)
+    if resize == "center_crop":
+        want = local(in_process, wide[None, :, SIZE // 2 : SIZE // 2 + SIZE])
+        middle = result.heatmap[:, SIZE // 2 : SIZE // 2 + SIZE]
+        np.testing.assert_allclose(middle, cv2.resize(want["heatmap"][0], (SIZE, SIZE), interpolation=cv2.INTER_LINEAR), atol=1e-5)
+        assert not result.heatmap[:, : SIZE // 2 - 1].any() and not result.heatmap[:, SIZE // 2 + SIZE + 1 :].any()
+    else:
+        canvas = np.full((SIZE, SIZE, 3), 114, np.uint8)
+        canvas[SIZE // 4 : SIZE // 4 + SIZE // 2] = cv2.resize(wide, (SIZE, SIZE // 2), interpolation=cv2.INTER_AREA)
+        want = local(in_process, canvas[None])
+        feature = client.explain(wide, resize=resize)
+        np.testing.assert_allclose(feature.heatmap, want["heatmap"][0], atol=1e-6)
+        assert (feature.region.y0, feature.region.y1) == (-SIZE / 2, SIZE + SIZE / 2)
+
+
+def test_concurrent_callers_are_batched_and_each_gets_its_own_result(server, client):
+    images = reference.smooth_images(16, SIZE, seed=25)
+    alone = [client.explain(image, class_index=i % models.CLASSES, method=("gradcam", "guided")[i % 2]) for i, image in enumerate(images)]
+    batches_before = server.metric("camserve_batch_size_count", model="tiny")
+    barrier = threading.Barrier(16)
+    results = [None] * 16
+
+    def call(i):
+        with Client(server.target, model="tiny") as own:
+            barrier.wait()
+            for _ in range(3):  # several rounds, so batches form even on a slow start
+                results[i] = own.explain(images[i], class_index=i % models.CLASSES, method=("gradcam", "guided")[i % 2])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(r.batch_size for r in results) > 1
+    for got, want in zip(results, alone):
+        np.testing.assert_allclose(got.heatmap, want.heatmap, rtol=1e-5, atol=1e-6)
+        assert got.class_index == want.class_index
+    batches = server.metric("camserve_batch_size_count", model="tiny") - batches_before
+    assert batches < 48, "the metrics should show fewer batches than requests"
+
+
+def test_stream_returns_every_result_tagged_and_early(client):
+    images = reference.smooth_images(50, SIZE, seed=26)
+    sent_last = threading.Event()
+    received_before_last = []
+
+    def slow(images):
+        for i, image in enumerate(images):
+            if i == len(images) - 1:
+                sent_last.set()
+            time.sleep(0.01)
+            yield image
+
+    results = []
+    for result in client.explain_stream(slow(images)):
+        received_before_last.append(not sent_last.is_set())
+        results.append(result)
+    assert sorted(r.index for r in results) == list(range(50))
+    assert all(r.error is None for r in results)
+    assert any(received_before_last), "results should stream back while requests are still being sent"
+    by_index = {r.index: r for r in results}
+    np.testing.assert_allclose(by_index[7].heatmap, client.explain(images[7]).heatmap, atol=1e-6)
+
+
+def test_async_client(server):
+    images = reference.smooth_images(4, SIZE, seed=27)
+
+    async def main():
+        async with AsyncClient(server.target, model="tiny") as c:
+            singles = await asyncio.gather(*(c.explain(image) for image in images))
+            streamed = [r async for r in c.explain_stream(images)]
+            return singles, streamed, await c.list_models()
+
+    singles, streamed, listed = asyncio.run(main())
+    assert [m.name for m in listed] == ["tiny"]
+    for r in streamed:
+        np.testing.assert_allclose(r.heatmap, singles[r.index].heatmap, atol=1e-6)
+
+
+BAD = {
+    "undecodable bytes": (dict(image=pb.Image(encoded=b"\x89PNG not really")), grpc.StatusCode.INVALID_ARGUMENT, "not a decodable"),
+    "empty image": (dict(image=pb.Image()), grpc.StatusCode.INVALID_ARGUMENT, "image is empty"),
+    "wrong byte count": (
+        dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0" * 10, height=4, width=4, channels=3))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has 10 bytes; 4x4x3 needs 48",
+    ),
+    "zero size": (dict(image=pb.Image(raw=pb.RawImage(pixels=b"", height=0, width=4, channels=3))), grpc.StatusCode.INVALID_ARGUMENT, "at least 1 pixel"),
+    "huge size": (
+        dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0", height=100000, width=100000, channels=3))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the limit is",
+    ),
+    "two channels": (dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0" * 8, height=2, width=2, channels=2))), grpc.StatusCode.INVALID_ARGUMENT, "expected 1, 3 or 4"),
+    "unknown model": (dict(model="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' is not served here"),
+    "unknown version": (dict(version=9), grpc.StatusCode.NOT_FOUND, "version 9 is not loaded"),
+    "class out of range": (dict(class_index=models.CLASSES), grpc.StatusCode.INVALID_ARGUMENT, "class_index 5 is out of range"),
+    "negative class": (dict(class_index=-2), grpc.StatusCode.INVALID_ARGUMENT, "class_index -2 is out of range"),
+    "unknown method": (dict(method="lime"), grpc.StatusCode.INVALID_ARGUMENT, "unknown method 'lime'"),
+}
+
+
+def test_bad_inputs_get_clear_statuses_while_good_ones_succeed(server, in_process):
+    good_image = reference.smooth_images(1, SIZE, seed=28)[0]
+    want = local(in_process, good_image[None])
+    good = pb.ExplainRequest(model="tiny", image=pb.Image(raw=pb.RawImage(pixels=good_image.tobytes(), height=SIZE, width=SIZE, channels=3)))
+
+    async def main():
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.CamServeStub(channel)
+
+            async def bad(fields):
+                request = pb.ExplainRequest()
+                request.CopyFrom(good)
+                for key, value in fields.items():
+                    if key == "image":
+                        request.image.CopyFrom(value)
+                    else:
+                        setattr(request, key, value)
+                try:
+                    await stub.Explain(request, timeout=30)
+                except grpc.aio.AioRpcError as err:
+                    return err.code(), err.details()
+                return grpc.StatusCode.OK, ""
+
+            return await asyncio.gather(
+                *(bad(fields) for fields, _, _ in BAD.values()), *(stub.Explain(good, timeout=30) for _ in range(16))
+            )
+
+    outcomes = asyncio.run(main())
+    for (name, (_, code, message)), (got_code, details) in zip(BAD.items(), outcomes):
+        assert got_code == code, f"{name}: {got_code} {details}"
+        assert message in details, f"{name}: {details}"
+    for response in outcomes[len(BAD) :]:
+        values = np.frombuffer(response.heatmap.data, "<f4").reshape(response.heatmap.height, response.heatmap.width)
+        np.testing.assert_allclose(values, want["heatmap"][0], atol=1e-6)
+    assert server.health() == "SERVING"
+
+
+def test_stream_errors_do_not_break_the_stream(client):
+    image = reference.smooth_images(1, SIZE, seed=29)[0]
+    results = list(client.explain_stream([image, b"junk", image, image], method="gradcam"))
+    errors = {r.index: r.error for r in results if r.error}
+    assert list(errors) == [1] and errors[1][0] == "INVALID_ARGUMENT"
+    assert len(results) == 4
+
+
+def test_model_metadata_and_reflection(client, server):
+    info = client.get_model("tiny")
+    assert (info.input_height, info.input_width, info.num_classes) == (SIZE, SIZE, models.CLASSES)
+    assert list(info.methods) == ["gradcam", "gradcam++", "guided"] and info.device.endswith("CPU:0")
+    assert list(info.batch_sizes) == [1, 2, 4, 8] and info.state == "AVAILABLE"
+    with pytest.raises(grpc.RpcError) as err:
+        client.get_model("nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    services = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"camserve.v1.CamServe", "grpc.health.v1.Health"} <= services
