@@ -33,12 +33,12 @@ def channel_options(max_message_mb: float, retries: int) -> list[tuple[str, obje
             }
         ]
     }
-    return [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.enable_retries", 1 if retries else 0),
-        ("grpc.service_config", json.dumps(policy)),
-    ]
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    if retries:  # gRPC rejects a retry policy of fewer than 2 attempts
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(policy))]
+    else:
+        options += [("grpc.enable_retries", 0)]
+    return options
 
 
 class _Base:

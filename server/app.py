@@ -83,6 +83,7 @@ class Server:
             await loop.run_in_executor(None, model.warm_up, log.info)
             model.batcher.start()
             log.info("model %s v%s ready on %s", model.name, model.version, device)
+        self.registry.loaded = True
 
     def _on_signal(self, signum):
         log.info("received %s: draining", signal.Signals(signum).name)

@@ -83,6 +83,7 @@ def discover(repo: Path, names: list[str] | None = None) -> list[Path]:
 class Registry:
     def __init__(self):
         self.models: dict[str, ServedModel] = {}
+        self.loaded = False  # every model of the repository is in `models`
 
     def add(self, model: ServedModel):
         self.models[model.name] = model
@@ -91,6 +92,8 @@ class Registry:
         if not name and len(self.models) == 1:
             name = next(iter(self.models))
         model = self.models.get(name)
+        if model is None and not self.loaded:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models")
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {known})")

@@ -29,7 +29,9 @@ class ServerProcess:
         command = [sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-        self.channel = grpc.insecure_channel(self.target)
+        # Reconnect quickly: the default backoff (1 s and growing) would miss the warm-up window.
+        fast = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
+        self.channel = grpc.insecure_channel(self.target, options=fast)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def health(self, service: str = "") -> str | None:

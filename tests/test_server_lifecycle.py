@@ -1,0 +1,136 @@
+"""Start-up, overload, deadlines and shutdown of a real server process, on a
+model slow enough (about 10 ms an image) for queues to build."""
+
+import asyncio
+import threading
+import time
+
+import grpc
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from camserve.client import AsyncClient, Client
+from tests.serving import ServerProcess
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def slow_repo(tmp_path_factory):
+    from camserve.export.exporter import ExportOptions, export
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = inputs
+    for _ in range(3):
+        x = layers.Conv2D(48, 3, padding="same", activation="relu")(x)
+    outputs = layers.Dense(4, activation="softmax")(layers.GlobalAveragePooling2D()(x))
+    root = tmp_path_factory.mktemp("slow")
+    keras.Model(inputs, outputs).save(root / "slow.keras")
+    export(ExportOptions(source=str(root / "slow.keras"), repo=str(root / "repo"), name="slow", preprocess="scale"))
+    return root / "repo"
+
+
+@pytest.fixture(scope="module")
+def strict(slow_repo, tmp_path_factory):
+    """One request a batch, at most 16 waiting; health is watched from the first moment."""
+    process = ServerProcess(
+        slow_repo,
+        tmp_path_factory.mktemp("logs") / "strict.log",
+        *("--max-batch-size", "1", "--max-enqueued", "16", "--shutdown-delay", "1.5", "--drain-timeout", "20"),
+    )
+    seen = []
+    while process.process.poll() is None and "SERVING" not in seen:
+        status = process.health()
+        if status and (not seen or seen[-1] != status):
+            seen.append(status)
+        time.sleep(0.02)
+    process.seen_at_start = seen
+    yield process
+    process.terminate()
+
+
+IMAGE = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def flood(target, count, timeout):
+    """`count` concurrent requests; their status codes."""
+
+    async def main():
+        async with AsyncClient(target, model="slow", retries=0) as client:
+
+            async def one():
+                try:
+                    await client.explain(IMAGE, timeout=timeout)
+                    return grpc.StatusCode.OK, ""
+                except grpc.aio.AioRpcError as err:
+                    return err.code(), err.details()
+
+            return await asyncio.gather(*(one() for _ in range(count)))
+
+    return asyncio.run(main())
+
+
+def test_health_is_not_serving_until_warm_up_ends(strict):
+    assert strict.seen_at_start == ["NOT_SERVING", "SERVING"]
+
+
+def test_full_queue_sheds_with_resource_exhausted_and_recovers(strict):
+    outcomes = flood(strict.target, 64, timeout=30)
+    codes = [code for code, _ in outcomes]
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert any("max_enqueued" in details for _, details in outcomes)
+    assert strict.metric("camserve_requests_total", code="RESOURCE_EXHAUSTED") >= codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    with Client(strict.target, model="slow") as client:
+        assert client.explain(IMAGE).class_index >= 0
+
+
+def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
+    executed_before = strict.metric("camserve_executed_requests_total", model="slow")
+    outcomes = flood(strict.target, 16, timeout=0.08)
+    codes = [code for code, _ in outcomes]
+    expired = codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert expired > 0 and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
+    time.sleep(0.5)  # let the batcher reach the expired ones
+    executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
+    dropped = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline")
+    assert executed <= 16 - expired + 1  # one may expire on the wire while it runs
+    assert dropped >= expired - 1
+
+
+def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
+    """Callers keep sending while the server is told to stop: everything sent
+    before the signal succeeds, later calls succeed or are refused UNAVAILABLE,
+    health turns NOT_SERVING, and the process exits 0."""
+    outcomes, stop = [], threading.Event()
+    signalled = []
+
+    def caller():
+        with Client(strict.target, model="slow", retries=0) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    client.explain(IMAGE, timeout=30)
+                    outcomes.append((started, grpc.StatusCode.OK))
+                except grpc.RpcError as err:
+                    outcomes.append((started, err.code()))
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    signalled.append(time.monotonic())
+    strict.process.send_signal(15)
+    time.sleep(0.3)
+    assert strict.health() == "NOT_SERVING"
+    code = strict.process.wait(60)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert code == 0, strict.log_tail()
+    before = [c for started, c in outcomes if started < signalled[0]]
+    assert before and all(c == grpc.StatusCode.OK for c in before)
+    assert {c for _, c in outcomes} <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
