@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_OUT := out/demo
 
-.PHONY: demo test bench train-demo clean
+.PHONY: demo serve test proto bench train-demo clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
 
+# Regenerate the gRPC stubs from proto/ (committed; never edited by hand).
+proto: $(INSTALLED)
+	$(BIN)/python proto/generate.py
+
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/export_throughput.py
+	$(BIN)/python benchmarks/server_throughput.py
 
 # Re-train the bundled demo model (deterministic; the result is committed).
 train-demo: $(INSTALLED)

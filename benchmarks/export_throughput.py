@@ -15,35 +15,17 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from seed_gradcam import seed_style_gradcam  # noqa: E402
 from timing import best_of_rounds  # noqa: E402
 
 from camserve.export import graph, source  # noqa: E402
 from camserve.export.explainer import Explainer  # noqa: E402
-from camserve.export.preprocess import preprocess  # noqa: E402
 
 SOURCES = {"demo": ("demo", "imagenet", None), "resnet50": ("resnet50", "none", (224, 224))}
-
-
-def seed_style_gradcam(model, target_name: str, mode: str):
-    """What users write by hand (the Keras example): an eager tape per image."""
-    grad_model = keras.Model(model.inputs, [model.get_layer(target_name).output, model.output])
-
-    def explain_one(image):
-        x = preprocess(image[None], mode, 3)
-        with tf.GradientTape() as tape:
-            activations, predictions = grad_model(x)
-            score = predictions[:, tf.argmax(predictions[0])]
-        grads = tape.gradient(score, activations)
-        weights = tf.reduce_mean(grads, axis=(0, 1, 2))
-        cam = tf.nn.relu(tf.reduce_sum(activations[0] * weights, axis=-1))
-        return (cam / (tf.reduce_max(cam) + 1e-12)).numpy()
-
-    return explain_one
 
 
 def bench_model(name: str, batches, rounds: int, min_seconds: float):

@@ -49,7 +49,7 @@ def server_repo(exports, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(server_repo, tmp_path_factory):
-    from tests.serving import ServerProcess
+    from camserve.server.process import ServerProcess
 
     process = ServerProcess(server_repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "8")
     try:

@@ -1,4 +1,5 @@
-"""A real `camserve serve` process on loopback, for the tests."""
+"""A `camserve serve` child process on loopback, for tests, benchmarks and scripts
+that need a real server: start it, watch its health and metrics, stop it."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, repo: Path, log: Path, *args: str):
-        self.port, self.metrics_port = free_port(), free_port()
+    """`camserve serve --repo REPO ARGS...` on free loopback ports."""
+
+    def __init__(self, repo: Path, log: Path, *args: str, command: list[str] | None = None, port: int | None = None):
+        self.port, self.metrics_port = port or free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), *args]
+        if command is None:
+            command = [sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
+            command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         # Reconnect quickly: the default backoff (1 s and growing) would miss the warm-up window.
         fast = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
