@@ -33,5 +33,6 @@ def generate(out_dir: Path = REPO) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in generate():
-        print(path.relative_to(REPO), file=sys.stderr)
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO
+    for path in generate(out):
+        print(path.relative_to(out), file=sys.stderr)
