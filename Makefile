@@ -15,7 +15,12 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	rm -rf $(DEMO_OUT)
 	$(BIN)/camserve export demo --repo $(DEMO_OUT)/models --name shapes
-	$(BIN)/python examples/explain_in_process.py $(DEMO_OUT)/models/shapes/1 demo/samples/*.png --out $(DEMO_OUT)/overlays
+	$(BIN)/python examples/demo.py $(DEMO_OUT)/models --out $(DEMO_OUT)/overlays
+
+# A long-running server on the demo model: localhost:8500, metrics on :8501.
+serve: $(INSTALLED)
+	test -d models/shapes || $(BIN)/camserve export demo --repo models --name shapes
+	$(BIN)/camserve serve --repo models
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
