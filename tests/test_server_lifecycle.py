@@ -89,16 +89,20 @@ def test_full_queue_sheds_with_resource_exhausted_and_recovers(strict):
 
 
 def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
+    """16 requests of ~10 ms each, one at a time, with an 80 ms deadline: the late
+    ones expire while queued, are dropped unrun, and the metrics say so."""
     executed_before = strict.metric("camserve_executed_requests_total", model="slow")
+    dropped_before = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline")
     outcomes = flood(strict.target, 16, timeout=0.08)
     codes = [code for code, _ in outcomes]
     expired = codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)
     assert expired > 0 and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
     time.sleep(0.5)  # let the batcher reach the expired ones
     executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
-    dropped = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline")
-    assert executed <= 16 - expired + 1  # one may expire on the wire while it runs
-    assert dropped >= expired - 1
+    dropped = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline") - dropped_before
+    assert dropped > 0, "some requests should have expired in the queue"
+    assert executed + dropped <= 16
+    assert executed <= 16 - expired + 1  # expired requests did not run (one may expire on the wire)
 
 
 def test_sigterm_finishes_accepted_work_and_exits_zero(strict):

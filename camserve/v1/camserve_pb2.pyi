@@ -67,7 +67,7 @@ class ExplainRequest(_message.Message):
     heatmap_original_size: bool
     resize: ResizeMode
     return_scores: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: _Optional[bool] = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: bool = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: bool = ...) -> None: ...
 
 class Class(_message.Message):
     __slots__ = ("index", "label", "probability", "logit")

@@ -5,7 +5,7 @@ import warnings
 
 from camserve.v1 import camserve_pb2 as camserve_dot_v1_dot_camserve__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class CamServeStub:
+class CamServeStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -56,7 +56,7 @@ class CamServeStub:
                 _registered_method=True)
 
 
-class CamServeServicer:
+class CamServeServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Explain(self, request, context):
@@ -118,7 +118,7 @@ def add_CamServeServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class CamServe:
+class CamServe(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
