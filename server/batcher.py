@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from .errors import RequestError
+from .statistics import ModelStats
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,11 @@ RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
 
 
 class Batcher:
-    def __init__(self, run_batch: RunBatch, options: BatchingOptions, executor: Executor, metrics=None, name=""):
+    def __init__(
+        self, run_batch: RunBatch, options: BatchingOptions, executor: Executor, stats: ModelStats, metrics=None, name=""
+    ):
         self.run_batch = run_batch
+        self.stats = stats
         self.options = options
         self.ladder = options.ladder()
         self.executor = executor
@@ -173,6 +177,7 @@ class Batcher:
             self._finish_with_error(batch[0], err)
             return
         compute_s = time.monotonic() - started
+        self.stats.batch(len(batch), compute_s)
         if self.metrics:
             self.metrics.observe_batch(self.name, len(batch), size, compute_s)
         for i, item in enumerate(batch):

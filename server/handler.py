@@ -5,6 +5,7 @@ checked before the request joins a batch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from concurrent.futures import Executor
@@ -116,6 +117,13 @@ def build_response(request, prepared: Prepared, result: Result, region, original
     return response
 
 
+class Call:
+    """What one call's accounting needs: its model and its time in the queue."""
+
+    model: ServedModel | None = None
+    queue_s: float | None = None
+
+
 class Handler:
     def __init__(self, registry: Registry, executor: Executor, limits: Limits, metrics=None):
         self.registry = registry
@@ -123,44 +131,67 @@ class Handler:
         self.limits = limits
         self.metrics = metrics
 
-    def _decode_and_fit(self, request, model: ServedModel):
-        image = _pixels(request.image, self.limits)
-        canvas, region = geometry.fit(image, model.height, model.width, request.resize)
-        return canvas, region, image.shape[:2]
-
-    async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
-        received = time.monotonic()
-        # Only served names become metric labels: callers' typos must not grow the label set.
-        code, queue_s, model_name = grpc.StatusCode.OK, None, "unknown"
+    @contextlib.contextmanager
+    def accounted(self, api: str):
+        """Counts the call in the metrics and its model's statistics, by outcome."""
+        call, received, code = Call(), time.monotonic(), grpc.StatusCode.OK
         try:
-            prepared = _options(request, self.registry.get(request.model, request.version))
-            model = prepared.model
-            model_name = model.name
-            loop = asyncio.get_running_loop()
-            model.batcher.expect()
-            try:
-                canvas, region, original = await loop.run_in_executor(
-                    self.executor, self._decode_and_fit, request, model
-                )
-            finally:
-                model.batcher.expected_done()
-            remaining = context.time_remaining() if context is not None else None
-            future = loop.create_future()
-            model.batcher.submit(
-                Item(canvas, prepared.class_index, prepared.method, None if remaining is None else received + remaining, future)
-            )
-            result = await future
-            queue_s = result.queue_s
-            build = functools.partial(build_response, request, prepared, result, region, original, received)
-            if request.heatmap_original_size:  # resizing a map to a large image is real work
-                return await loop.run_in_executor(self.executor, build)
-            return build()
+            yield call
         except RequestError as err:
             code = err.code
             raise
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
         finally:
+            seconds = time.monotonic() - received
+            # Only served names become metric labels: callers' typos must not grow the label set.
             if self.metrics:
-                self.metrics.finished(model_name, api, code.name, time.monotonic() - received, queue_s)
+                self.metrics.finished(call.model.name if call.model else "unknown", api, code.name, seconds, call.queue_s)
+            if call.model:
+                call.model.stats.request(code == grpc.StatusCode.OK, seconds, call.queue_s)
+
+    async def run_image(self, model: ServedModel, prepare, class_index: int, method: int, deadline: float | None):
+        """prepare() -> (canvas, extra) runs on the decode pool while the model may be
+        busy; then the canvas joins a batch. Returns (Result, extra)."""
+        loop = asyncio.get_running_loop()
+        model.batcher.expect()
+        try:
+            canvas, extra = await loop.run_in_executor(self.executor, prepare)
+        finally:
+            model.batcher.expected_done()
+        future = loop.create_future()
+        model.batcher.submit(Item(canvas, class_index, method, deadline, future))
+        return await future, extra
+
+    def _decode_and_fit(self, request, model: ServedModel):
+        image = _pixels(request.image, self.limits)
+        canvas, region = geometry.fit(image, model.height, model.width, request.resize)
+        return canvas, (region, image.shape[:2])
+
+    async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
+        received = time.monotonic()
+        with self.accounted(api) as call:
+            prepared = _options(request, self.registry.get(request.model, request.version))
+            call.model = model = prepared.model
+            result, (region, original) = await self.run_image(
+                model,
+                functools.partial(self._decode_and_fit, request, model),
+                prepared.class_index,
+                prepared.method,
+                deadline(context, received),
+            )
+            call.queue_s = result.queue_s
+            build = functools.partial(build_response, request, prepared, result, region, original, received)
+            if request.heatmap_original_size:  # resizing a map to a large image is real work
+                return await asyncio.get_running_loop().run_in_executor(self.executor, build)
+            return build()
+
+
+def deadline(context, received: float) -> float | None:
+    """The call's deadline on the time.monotonic() clock."""
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else received + remaining

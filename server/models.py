@@ -17,6 +17,7 @@ from camserve.export import repository
 
 from .batcher import Batcher, BatchingOptions
 from .errors import RequestError
+from .statistics import ModelStats
 
 log = logging.getLogger("camserve.models")
 
@@ -40,7 +41,8 @@ class ServedModel:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
         with tf.device(device):
             self._explain = tf.saved_model.load(str(path)).signatures["serving_default"]
-        self.batcher = Batcher(self.run_batch, options, self._executor, metrics, name=self.name)
+        self.stats = ModelStats()
+        self.batcher = Batcher(self.run_batch, options, self._executor, self.stats, metrics, name=self.name)
 
     def run_batch(self, images: np.ndarray, class_index: np.ndarray, method: np.ndarray) -> dict:
         with tf.device(self.device):
