@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from camserve.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from camserve.v1 import camserve_pb2, camserve_pb2_grpc
 
 from .batcher import BatchingOptions
 from .device import select_device
 from .handler import Handler, Limits
+from .kserve import KServeService
 from .logs import configure_logging
 from .metrics import Metrics
 from .models import Registry, ServedModel, discover
@@ -30,6 +33,7 @@ from .service import CamServeService
 log = logging.getLogger("camserve.server")
 
 SERVICE_NAME = camserve_pb2.DESCRIPTOR.services_by_name["CamServe"].full_name
+KSERVE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass
@@ -61,14 +65,15 @@ class Server:
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         )
         camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.handler), self.grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.grpc,
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeService(self.registry, self.handler), self.grpc
         )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection([SERVICE_NAME, KSERVE_NAME, health_name, reflection.SERVICE_NAME], self.grpc)
 
     async def _set_health(self, status):
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, KSERVE_NAME):
             await self.health.set(service, status)
 
     async def _load_models(self, device: str):
@@ -116,11 +121,17 @@ class Server:
         return 0
 
     async def _drain(self, loader: asyncio.Task):
+        self.registry.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         loader.cancel()
         await asyncio.sleep(self.options.shutdown_delay)
-        # New calls are refused from here; accepted ones finish within the drain timeout.
-        await self.grpc.stop(grace=self.options.drain_timeout)
+        # New calls are refused with UNAVAILABLE from here (clients retry elsewhere);
+        # accepted ones finish within the drain timeout, then the listener closes.
+        self.registry.refusing = True
+        started = time.monotonic()
+        if not await self.handler.wait_idle(self.options.drain_timeout):
+            log.warning("drain timeout: %d call(s) still in flight are cut off", self.handler.in_flight)
+        await self.grpc.stop(grace=max(0.0, self.options.drain_timeout - (time.monotonic() - started)))
         for model in self.registry.models.values():
             await model.batcher.stop()
             model.close()

@@ -130,11 +130,24 @@ class Handler:
         self.executor = executor
         self.limits = limits
         self.metrics = metrics
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no call is in flight; False if `timeout` came first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     @contextlib.contextmanager
     def accounted(self, api: str):
         """Counts the call in the metrics and its model's statistics, by outcome."""
         call, received, code = Call(), time.monotonic(), grpc.StatusCode.OK
+        self.in_flight += 1
+        self._idle.clear()
         try:
             yield call
         except RequestError as err:
@@ -147,6 +160,9 @@ class Handler:
             code = grpc.StatusCode.INTERNAL
             raise
         finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
             seconds = time.monotonic() - received
             # Only served names become metric labels: callers' typos must not grow the label set.
             if self.metrics:

@@ -86,11 +86,19 @@ class Registry:
     def __init__(self):
         self.models: dict[str, ServedModel] = {}
         self.loaded = False  # every model of the repository is in `models`
+        self.draining = False  # shutting down: not ready, though calls are still answered
+        self.refusing = False  # shutting down: new calls get UNAVAILABLE
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining
 
     def add(self, model: ServedModel):
         self.models[model.name] = model
 
     def get(self, name: str, version: int = 0) -> ServedModel:
+        if self.refusing:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         if not name and len(self.models) == 1:
             name = next(iter(self.models))
         model = self.models.get(name)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from camserve.v1 import camserve_pb2 as pb
@@ -12,8 +10,7 @@ from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from .errors import RequestError
 from .handler import Handler
 from .models import Registry, ServedModel
-
-_END = object()  # closes a stream's response queue
+from .streams import completion_order
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:
@@ -50,37 +47,17 @@ class CamServeService(pb_grpc.CamServeServicer):
             await context.abort(err.code, err.message)
 
     async def ExplainStream(self, request_iterator, context):
-        """Requests are read and explained concurrently; responses go out in
-        completion order, each tagged with its request's id."""
-        done: asyncio.Queue = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
+        """Responses in completion order, each tagged with its request's id; a bad
+        request answers with `error` and the stream goes on."""
 
         async def explain_one(request):
             try:
-                response = await self.handler.explain(request, context, "native_stream")
+                return await self.handler.explain(request, context, "native_stream")
             except RequestError as err:
-                response = pb.ExplainResponse(id=request.id, error=pb.Error(code=err.code.value[0], message=err.message))
-            await done.put(response)
+                return pb.ExplainResponse(id=request.id, error=pb.Error(code=err.code.value[0], message=err.message))
 
-        async def read_all():
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(explain_one(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                await asyncio.gather(*pending)
-            finally:
-                await done.put(_END)
-
-        reader = asyncio.create_task(read_all())
-        try:
-            while (response := await done.get()) is not _END:
-                yield response
-            await reader  # re-raises a broken request stream
-        finally:
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
+        async for response in completion_order(request_iterator, explain_one):
+            yield response
 
     async def ListModels(self, request, context):
         return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.models.values()])

@@ -101,14 +101,15 @@ def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
     executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
     dropped = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline") - dropped_before
     assert dropped > 0, "some requests should have expired in the queue"
-    assert executed + dropped <= 16
-    assert executed <= 16 - expired + 1  # expired requests did not run (one may expire on the wire)
+    assert executed + dropped <= 16  # a dropped request never ran
 
 
 def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
     """Callers keep sending while the server is told to stop: everything sent
-    before the signal succeeds, later calls succeed or are refused UNAVAILABLE,
-    health turns NOT_SERVING, and the process exits 0."""
+    before the signal succeeds, later calls succeed or are refused, health turns
+    NOT_SERVING, and the process exits 0. Refusals are UNAVAILABLE from camserve;
+    calls that reach gRPC while its listener closes come back CANCELLED, never
+    having started (gRPC's own behaviour, grpc/grpc#41785)."""
     outcomes, stop = [], threading.Event()
     signalled = []
 
@@ -137,4 +138,6 @@ def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
     assert code == 0, strict.log_tail()
     before = [c for started, c in outcomes if started < signalled[0]]
     assert before and all(c == grpc.StatusCode.OK for c in before)
-    assert {c for _, c in outcomes} <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+    after = {c for started, c in outcomes if started >= signalled[0]}
+    assert after <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert grpc.StatusCode.UNAVAILABLE in after, "calls during the drain should be refused UNAVAILABLE"

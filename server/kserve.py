@@ -1,0 +1,218 @@
+"""KServe v2 / Open Inference Protocol on the same port and the same batchers.
+
+Tensors as in the exported signature: inputs `images` (UINT8 [N,H,W,3]) or
+`image_bytes` (BYTES [N], encoded images), optional `class_index` and `method`
+(INT32 [N]); outputs `logits`, `probabilities`, `class_index`, `heatmap`,
+`heatmap_scale`, as raw contents, only those requested when any are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import grpc
+import numpy as np
+
+import camserve
+from camserve import geometry
+from camserve.kserve import grpc_predict_v2_pb2 as kpb
+from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
+
+from .decode import decode_encoded, decode_raw
+from .errors import RequestError, invalid
+from .handler import Handler, deadline
+from .models import AVAILABLE, Registry, ServedModel
+from .streams import completion_order
+from .tensors import decode_inputs, encode_output
+
+OUTPUTS = ("logits", "probabilities", "class_index", "heatmap", "heatmap_scale")
+INT_TYPES = ("INT32", "INT64")
+
+
+def _version(text: str) -> int:
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise invalid(f"model_version {text!r} is not a version number")
+    return int(text)
+
+
+def _tensor(name, datatype, shape):
+    return kpb.ModelMetadataResponse.TensorMetadata(name=name, datatype=datatype, shape=shape)
+
+
+def _per_image(tensors: dict, name: str, n: int, default: int) -> np.ndarray:
+    if name not in tensors:
+        return np.full(n, default, np.int64)
+    values = tensors[name]
+    if isinstance(values, list) or values.dtype.kind != "i":
+        raise invalid(f"input {name!r} must be INT32 [{n}]")
+    if values.shape != (n,):
+        raise invalid(f"input {name!r} has shape {list(values.shape)}; expected [{n}], one per image")
+    return values.astype(np.int64)
+
+
+class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, registry: Registry, handler: Handler):
+        self.registry = registry
+        self.handler = handler
+
+    # -- health and metadata -------------------------------------------------
+    async def ServerLive(self, request, context):
+        return kpb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return kpb.ServerReadyResponse(ready=self.registry.ready)
+
+    async def ModelReady(self, request, context):
+        model = self.registry.models.get(request.name)
+        ready = bool(model) and model.state == AVAILABLE and self.registry.ready
+        return kpb.ModelReadyResponse(ready=ready and _version(request.version) in (0, model.version))
+
+    async def ServerMetadata(self, request, context):
+        return kpb.ServerMetadataResponse(name="camserve", version=camserve.__version__, extensions=["statistics"])
+
+    async def ModelMetadata(self, request, context):
+        model = await self._model(request.name, request.version, context)
+        h, w = model.metadata["feature_size"]
+        return kpb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(model.version)],
+            platform="tensorflow_savedmodel",
+            inputs=[
+                _tensor("images", "UINT8", [-1, model.height, model.width, 3]),
+                _tensor("image_bytes", "BYTES", [-1]),
+                _tensor("class_index", "INT32", [-1]),
+                _tensor("method", "INT32", [-1]),
+            ],
+            outputs=[
+                _tensor("logits", "FP32", [-1, model.num_classes]),
+                _tensor("probabilities", "FP32", [-1, model.num_classes]),
+                _tensor("class_index", "INT32", [-1]),
+                _tensor("heatmap", "FP32", [-1, h, w]),
+                _tensor("heatmap_scale", "FP32", [-1]),
+            ],
+        )
+
+    async def ModelStatistics(self, request, context):
+        if request.name:
+            models = [await self._model(request.name, request.version, context, ready=False)]
+        else:
+            models = list(self.registry.models.values())
+        return kpb.ModelStatisticsResponse(model_stats=[self._statistics(m) for m in models])
+
+    # -- inference -------------------------------------------------------------
+    async def ModelInfer(self, request, context):
+        try:
+            return await self._infer(request, context, "kserve")
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        async def infer_one(request):
+            try:
+                return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context, "kserve_stream"))
+            except RequestError as err:
+                failed = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
+                return kpb.ModelStreamInferResponse(error_message=f"{err.code.name}: {err.message}", infer_response=failed)
+
+        async for response in completion_order(request_iterator, infer_one):
+            yield response
+
+    async def _infer(self, request, context, api: str) -> kpb.ModelInferResponse:
+        received = time.monotonic()
+        with self.handler.accounted(api) as call:
+            call.model = model = self.registry.get(request.model_name, _version(request.model_version))
+            tensors = image_inputs(model, request, self.handler.limits.max_pixels)
+            wanted = [o.name for o in request.outputs] or list(OUTPUTS)
+            unknown = [name for name in wanted if name not in OUTPUTS]
+            if unknown:
+                raise invalid(f"unknown output(s) {unknown}; outputs are {', '.join(OUTPUTS)}")
+            images, class_index, method = tensors
+            until = deadline(context, received)
+            results = await asyncio.gather(
+                *(
+                    self.handler.run_image(model, prepare, int(c), int(m), until)
+                    for prepare, c, m in zip(images, class_index, method)
+                )
+            )
+            call.queue_s = max(result.queue_s for result, _ in results)
+            response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
+            for name in wanted:
+                tensor = response.outputs.add(name=name)
+                stacked = np.stack([result.outputs[name] for result, _ in results])
+                response.raw_output_contents.append(encode_output(tensor, stacked))
+            return response
+
+    async def _model(self, name: str, version: str, context, ready: bool = True) -> ServedModel:
+        try:
+            if ready:
+                return self.registry.get(name, _version(version))
+            model = self.registry.models.get(name)
+            if model is None or _version(version) not in (0, model.version):
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version or 'latest'} is not served here")
+            return model
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+
+    @staticmethod
+    def _statistics(model: ServedModel) -> kpb.ModelStatistics:
+        s = model.stats
+
+        def duration(d):
+            return kpb.StatisticDuration(count=d.count, ns=d.ns)
+
+        return kpb.ModelStatistics(
+            name=model.name,
+            version=str(model.version),
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+            inference_stats=kpb.InferStatistics(
+                success=duration(s.success), fail=duration(s.fail), queue=duration(s.queue), compute_infer=duration(s.compute)
+            ),
+            batch_stats=[
+                kpb.InferBatchStatistics(batch_size=size, compute_infer=duration(d)) for size, d in sorted(s.batches.items())
+            ],
+        )
+
+
+def _fit(pixels_fn, model: ServedModel):
+    image = pixels_fn()
+    canvas, _ = geometry.fit(image, model.height, model.width, geometry.STRETCH)
+    return canvas, None
+
+
+def image_inputs(model: ServedModel, request, max_pixels: int):
+    """(per-image prepare functions, class indices, method codes), all validated."""
+    tensors = decode_inputs(request)
+    known = {"images", "image_bytes", "class_index", "method"}
+    if set(tensors) - known:
+        raise invalid(f"unknown input(s) {sorted(set(tensors) - known)}; inputs are {', '.join(sorted(known))}")
+    if ("images" in tensors) == ("image_bytes" in tensors):
+        raise invalid("send exactly one of `images` (UINT8 [N,H,W,3]) and `image_bytes` (BYTES [N])")
+    limit = model.batcher.options.max_enqueued
+    if "images" in tensors:
+        images = tensors["images"]
+        if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3, 4):
+            raise invalid("input 'images' must be UINT8 [N,H,W,3] (1 or 4 channels also accepted)")
+        n, h, w, c = images.shape
+        pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, max_pixels) for image in images]
+    else:
+        blobs = tensors["image_bytes"]
+        if not isinstance(blobs, list):
+            raise invalid("input 'image_bytes' must be BYTES [N]")
+        n = len(blobs)
+        pixels = [functools.partial(decode_encoded, blob, max_pixels) for blob in blobs]
+    if n == 0 or n > limit:
+        raise invalid(f"a request carries 1 to {limit} images; this one has {n}")
+    class_index = _per_image(tensors, "class_index", n, -1)
+    method = _per_image(tensors, "method", n, 0)
+    if ((class_index < -1) | (class_index >= model.num_classes)).any():
+        raise invalid(f"class_index out of range for {model.num_classes} classes (-1: top-1): {class_index.tolist()}")
+    if ((method < 0) | (method >= len(model.methods))).any():
+        raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method.tolist()}")
+    return [functools.partial(_fit, p, model) for p in pixels], class_index, method
+
