@@ -10,6 +10,7 @@ concurrency level by camserve's load generator on the same machine.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from camserve.client.loadtest import sweep  # noqa: E402
+from camserve.client.loadtest import native_sender, run_levels  # noqa: E402
 from camserve.export.exporter import ExportOptions, export  # noqa: E402
 from camserve.server.process import ServerProcess, free_port  # noqa: E402
 
@@ -56,9 +57,10 @@ def drive(name, process: ServerProcess, images, levels, seconds, model):
     process.wait_for("SERVING", timeout=600)
     rows = []
     try:
-        for report in sweep(process.target, list(images), levels, seconds, warmup=1.0, model=model):
-            say(f"  {name} c={report.concurrency}: {report.throughput:.1f}/s p50 {report.latency_ms['p50']:.1f} ms")
-            rows.append({"server": name, **report.as_dict()})
+        sender = functools.partial(native_sender, process.target, model=model)
+        for report in run_levels(sender, list(images), closed=levels, duration=seconds, warmup=1.0, stream=None):
+            say(f"  {name} c={report.level}: {report.throughput:.1f}/s p50 {report.latency_ms['p50']:.1f} ms")
+            rows.append({"server": name, **report.summary()})
     finally:
         process.terminate()
     return rows
@@ -89,7 +91,7 @@ def bench_model(name, levels, seconds, workdir: Path):
     def peak(server):
         return max(r["throughput"] for r in rows if r["server"] == server)
 
-    c1 = next(r for r in rows if r["server"] == "camserve batching" and r["concurrency"] == 1)
+    c1 = next(r for r in rows if r["server"] == "camserve batching" and r["level"] == 1)
     summary = {
         "model": name,
         "in_process_best_per_s": round(best, 2),
@@ -125,7 +127,7 @@ def main():
         {
             "model": r["model"],
             "server": r["server"],
-            "concurrency": r["concurrency"],
+            "concurrency": r["level"],
             "req/s": round(r["throughput"], 1),
             "p50 ms": round(r["latency_ms"]["p50"], 1),
             "p99 ms": round(r["latency_ms"]["p99"], 1),

@@ -9,6 +9,7 @@ def main(argv=None) -> int:
     # TensorFlow's C++ start-up chatter hides our own progress lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from camserve.client import cli as client_cli
+    from camserve.client import loadtest_cli
     from camserve.export import cli as export_cli
     from camserve.server import cli as server_cli
 
@@ -17,6 +18,7 @@ def main(argv=None) -> int:
     export_cli.add_parser(subparsers)
     server_cli.add_parser(subparsers)
     client_cli.add_parser(subparsers)
+    loadtest_cli.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,17 +1,25 @@
-"""Load generation against a camserve server, usable as a library.
+"""Load generation against a camserve server, over the native API or KServe v2;
+usable as a library:
+
+    senders = native_sender("localhost:8500", model="shapes")
+    report = run_levels(senders, images, closed=[1, 8, 32], duration=10)
 
 Closed loop: `concurrency` callers each send their next request as soon as the
-previous one answers, for `duration` seconds after a `warmup` whose requests
-are not counted. Every request sent is accounted for, as a success or an error
-by status code.
+previous one answers. Open loop: requests arrive at `rate` per second with
+Poisson (exponential) gaps whatever the server does, and latency is measured
+from each request's scheduled time, so queueing in the client is not hidden.
+Requests of the warm-up are not counted; every counted request is accounted
+for, as a success or an error by status code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Awaitable, Callable
 
 import grpc
 import numpy as np
@@ -21,83 +29,210 @@ from .client import AsyncClient
 
 @dataclass
 class LevelReport:
-    concurrency: int
+    mode: str  # "closed" or "open"
+    level: float  # concurrency, or arrivals per second
     duration_s: float
     sent: int
     succeeded: int
     errors: dict[str, int]
     throughput: float  # successful requests per second
     latency_ms: dict[str, float]  # p50, p90, p99, max
-    mean_batch_size: float
+    mean_batch_size: float  # as the server reports it; nan when unknown
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
-    def as_dict(self, with_samples: bool = False) -> dict:
+    def summary(self) -> dict:
         d = asdict(self)
-        if not with_samples:
-            d.pop("latencies_ms")
+        d.pop("latencies_ms")
         return d
 
 
 def percentiles(latencies_ms) -> dict[str, float]:
     if not len(latencies_ms):
-        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan")}
+        return dict.fromkeys(("p50", "p90", "p99", "max"), float("nan"))
     values = np.asarray(latencies_ms)
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max())}
 
 
-async def closed_loop(
-    target: str,
-    images: list,
-    concurrency: int,
-    duration: float,
-    warmup: float = 1.0,
-    model: str | None = None,
-    timeout: float = 30.0,
-    **options,
-) -> LevelReport:
-    latencies, batch_sizes, errors = [], [], Counter()
-    counted = {"sent": 0}
-    async with AsyncClient(target, model=model, timeout=timeout, retries=0) as client:
-        start = time.monotonic()
-        measure_from, end = start + warmup, start + warmup + duration
-
-        async def caller(k: int):
-            i = k
-            while (now := time.monotonic()) < end:
-                counts = now >= measure_from
-                counted["sent"] += counts
-                try:
-                    result = await client.explain(images[i % len(images)], **options)
-                    if counts:
-                        latencies.append((time.monotonic() - now) * 1e3)
-                        batch_sizes.append(result.batch_size)
-                except grpc.aio.AioRpcError as err:
-                    if counts:
-                        errors[err.code().name] += 1
-                i += concurrency
-
-        await asyncio.gather(*(caller(k) for k in range(concurrency)))
-        elapsed = time.monotonic() - measure_from
-    return LevelReport(
-        concurrency=concurrency,
-        duration_s=elapsed,
-        sent=counted["sent"],
-        succeeded=len(latencies),
-        errors=dict(errors),
-        throughput=len(latencies) / elapsed,
-        latency_ms=percentiles(latencies),
-        mean_batch_size=float(np.mean(batch_sizes)) if batch_sizes else 0.0,
-        latencies_ms=latencies,
-    )
+# send(image) sends one image and returns the server's batch size for it (None
+# if the API does not say); it raises grpc.aio.AioRpcError on failure.
+Send = Callable[[object], Awaitable[int | None]]
 
 
-def sweep(target: str, images: list, levels, duration: float, warmup: float = 1.0, progress=None, **options):
-    """A closed-loop report per concurrency level, one level after another."""
+class native_sender:  # noqa: N801 - used like a function, as an async context manager
+    """Sends through camserve's native Explain."""
+
+    def __init__(self, target: str, model: str | None = None, timeout: float = 30.0, **options):
+        self.client = AsyncClient(target, model=model, timeout=timeout, retries=0)
+        self.options = options
+
+    async def send(self, image):
+        return (await self.client.explain(image, **self.options)).batch_size
+
+    async def batch_counts(self):
+        return None  # every response carries its batch size
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.client.close()
+
+
+class kserve_sender:  # noqa: N801
+    """Sends through KServe v2 ModelInfer: raw pixels as `images`, encoded bytes as
+    `image_bytes`; only `class_index` is asked back, to keep the response small."""
+
+    def __init__(self, target: str, model: str, timeout: float = 30.0):
+        from camserve.kserve import grpc_predict_v2_pb2 as kpb
+        from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
+
+        self.kpb = kpb
+        self.channel = grpc.aio.insecure_channel(target)
+        self.stub = kpb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.model, self.timeout = model, timeout
+
+    def _request(self, image):
+        request = self.kpb.ModelInferRequest(model_name=self.model)
+        if isinstance(image, (bytes, bytearray)):
+            request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
+            request.raw_input_contents.append(len(image).to_bytes(4, "little") + bytes(image))
+        else:
+            image = np.ascontiguousarray(image, np.uint8)
+            request.inputs.add(name="images", datatype="UINT8", shape=[1, *image.shape])
+            request.raw_input_contents.append(image.tobytes())
+        request.outputs.add(name="class_index")
+        return request
+
+    async def send(self, image):
+        await self.stub.ModelInfer(self._request(image), timeout=self.timeout)
+        return None
+
+    async def batch_counts(self):
+        """(images run, batches run) from the model's statistics: KServe responses do not say."""
+        stats = await self.stub.ModelStatistics(self.kpb.ModelStatisticsRequest(name=self.model), timeout=self.timeout)
+        return stats.model_stats[0].inference_count, stats.model_stats[0].execution_count
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.channel.close()
+
+
+class _Tally:
+    def __init__(self):
+        self.sent, self.latencies, self.batches, self.errors = 0, [], [], Counter()
+
+    async def call(self, send: Send, image, started: float, counted: bool):
+        self.sent += counted
+        try:
+            batch = await send(image)
+        except grpc.aio.AioRpcError as err:
+            if counted:
+                self.errors[err.code().name] += 1
+            return
+        if counted:
+            self.latencies.append((time.monotonic() - started) * 1e3)
+            if batch:
+                self.batches.append(batch)
+
+    def report(self, mode: str, level: float, elapsed: float) -> LevelReport:
+        return LevelReport(
+            mode=mode,
+            level=level,
+            duration_s=elapsed,
+            sent=self.sent,
+            succeeded=len(self.latencies),
+            errors=dict(self.errors),
+            throughput=len(self.latencies) / elapsed,
+            latency_ms=percentiles(self.latencies),
+            mean_batch_size=float(np.mean(self.batches)) if self.batches else float("nan"),
+            latencies_ms=self.latencies,
+        )
+
+
+async def _progress(tally: _Tally, label: str, start: float, total: float, stream):
+    if stream is None:
+        return
+    while True:
+        await asyncio.sleep(0.5)
+        now = time.monotonic() - start
+        p50 = percentiles(tally.latencies[-200:])["p50"]
+        print(
+            f"\r  {label}: {min(now, total):4.1f}/{total:.0f}s sent {tally.sent} ok {len(tally.latencies)} "
+            f"errors {sum(tally.errors.values())} recent p50 {p50:.1f} ms   ",
+            end="",
+            file=stream,
+            flush=True,
+        )
+
+
+async def closed_loop(send: Send, images, concurrency: int, duration: float, warmup: float, stream=None) -> LevelReport:
+    tally, start = _Tally(), time.monotonic()
+    measure_from, end = start + warmup, start + warmup + duration
+
+    async def caller(k: int):
+        i = k
+        while (now := time.monotonic()) < end:
+            await tally.call(send, images[i % len(images)], now, now >= measure_from)
+            i += concurrency
+
+    ticker = asyncio.create_task(_progress(tally, f"concurrency {concurrency}", start, warmup + duration, stream))
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    ticker.cancel()
+    return tally.report("closed", concurrency, time.monotonic() - measure_from)
+
+
+async def open_loop(send: Send, images, rate: float, duration: float, warmup: float, seed: int = 0, stream=None) -> LevelReport:
+    rng = np.random.default_rng(seed)
+    tally, start = _Tally(), time.monotonic()
+    measure_from, end = start + warmup, start + warmup + duration
+    ticker = asyncio.create_task(_progress(tally, f"rate {rate:g}/s", start, warmup + duration, stream))
+    calls, scheduled, i = [], start, 0
+    while (scheduled := scheduled + rng.exponential(1.0 / rate)) < end:
+        await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+        # Latency counts from the scheduled moment: a late start is the server's or client's delay, not free.
+        calls.append(asyncio.create_task(tally.call(send, images[i % len(images)], scheduled, scheduled >= measure_from)))
+        i += 1
+    await asyncio.gather(*calls)
+    ticker.cancel()
+    return tally.report("open", rate, end - measure_from)
+
+
+def run_levels(
+    sender_factory: Callable[[], object],
+    images,
+    closed=(),
+    rates=(),
+    duration: float = 10.0,
+    warmup: float = 2.0,
+    stream=sys.stderr,
+) -> list[LevelReport]:
+    """Each level with a fresh sender (one connection), one after another."""
+
+    async def one(kind, level):
+        async with sender_factory() as sender:
+            before = await sender.batch_counts()
+            if kind == "closed":
+                report = await closed_loop(sender.send, images, int(level), duration, warmup, stream)
+            else:
+                report = await open_loop(sender.send, images, float(level), duration, warmup, stream=stream)
+            after = await sender.batch_counts()
+            if before and after and after[1] > before[1]:  # includes the warm-up's batches
+                report.mean_batch_size = (after[0] - before[0]) / (after[1] - before[1])
+            return report
+
     reports = []
-    for level in levels:
-        report = asyncio.run(closed_loop(target, images, level, duration, warmup, **options))
-        if progress:
-            progress(report)
+    for kind, level in [("closed", c) for c in closed] + [("open", r) for r in rates]:
+        report = asyncio.run(one(kind, level))
+        if stream is not None:
+            print(
+                f"\r  {kind} {level:g}: {report.throughput:.1f} req/s, p50 {report.latency_ms['p50']:.1f} ms, "
+                f"p99 {report.latency_ms['p99']:.1f} ms, errors {sum(report.errors.values())}, "
+                f"batch {report.mean_batch_size:.1f}" + " " * 20,
+                file=stream,
+                flush=True,
+            )
         reports.append(report)
     return reports
