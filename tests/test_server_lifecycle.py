@@ -40,6 +40,7 @@ def strict(slow_repo, tmp_path_factory):
         slow_repo,
         tmp_path_factory.mktemp("logs") / "strict.log",
         *("--max-batch-size", "1", "--max-enqueued", "16", "--shutdown-delay", "1.5", "--drain-timeout", "20"),
+        *("--max-message-mb", "1", "--max-pixels", "500000"),
     )
     seen = []
     while process.process.poll() is None and "SERVING" not in seen:
@@ -75,6 +76,16 @@ def flood(target, count, timeout):
 
 def test_health_is_not_serving_until_warm_up_ends(strict):
     assert strict.seen_at_start == ["NOT_SERVING", "SERVING"]
+
+
+def test_message_and_pixel_limits_are_clear(strict):
+    with Client(strict.target, model="slow", retries=0) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.explain(np.zeros((1000, 1000, 3), np.uint8))  # 3 MB message, limit 1 MB
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            client.explain(np.zeros((800, 800), np.uint8))  # 640 kB, but 640 000 pixels
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "the limit is 500000" in err.value.details()
 
 
 def test_full_queue_sheds_with_resource_exhausted_and_recovers(strict):
