@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from .errors import invalid
+from .headers import image_size, sniff
 
 
 def _to_rgb(image: np.ndarray) -> np.ndarray:
@@ -37,10 +38,17 @@ def _check_size(height: int, width: int, max_pixels: int):
 
 def decode_encoded(data: bytes, max_pixels: int) -> np.ndarray:
     if not data:
-        raise invalid("image.encoded is empty")
+        raise invalid("the encoded image is empty")
+    kind = sniff(data)
+    if kind is None:
+        raise invalid(f"the encoded image ({len(data)} bytes) is not a JPEG, PNG, BMP or WebP image")
+    claimed = image_size(data, kind)
+    if claimed is None:
+        raise invalid(f"the {kind} header ({len(data)} bytes) is truncated or malformed")
+    _check_size(claimed[1], claimed[0], max_pixels)  # before decoding allocates anything
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise invalid(f"image.encoded ({len(data)} bytes) is not a decodable JPEG, PNG, BMP or WebP image")
+        raise invalid(f"the {kind} image ({len(data)} bytes) could not be decoded: corrupt or truncated")
     _check_size(image.shape[0], image.shape[1], max_pixels)
     return _to_rgb(image)
 

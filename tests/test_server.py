@@ -177,8 +177,21 @@ def test_async_client(server):
         np.testing.assert_allclose(r.heatmap, singles[r.index].heatmap, atol=1e-6)
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A real PNG's bytes with its IHDR size rewritten: a tiny file claiming a huge image."""
+    data = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return bytes(data)
+
+
+BOMB_PNG = _png_claiming(50000, 50000)
+CORRUPT_PNG = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()[:40] + b"\0" * 20
+
 BAD = {
-    "undecodable bytes": (dict(image=pb.Image(encoded=b"\x89PNG not really")), grpc.StatusCode.INVALID_ARGUMENT, "not a decodable"),
+    "unknown format": (dict(image=pb.Image(encoded=b"GIF89a not supported")), grpc.StatusCode.INVALID_ARGUMENT, "not a JPEG, PNG, BMP or WebP"),
+    "truncated header": (dict(image=pb.Image(encoded=b"\x89PNG\r\n\x1a\n\0\0")), grpc.StatusCode.INVALID_ARGUMENT, "PNG header (10 bytes) is truncated"),
+    "corrupt body": (dict(image=pb.Image(encoded=CORRUPT_PNG)), grpc.StatusCode.INVALID_ARGUMENT, "could not be decoded"),
+    "decompression bomb": (dict(image=pb.Image(encoded=BOMB_PNG)), grpc.StatusCode.INVALID_ARGUMENT, "50000x50000 = 2500000000 pixels"),
     "empty image": (dict(image=pb.Image()), grpc.StatusCode.INVALID_ARGUMENT, "image is empty"),
     "wrong byte count": (
         dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0" * 10, height=4, width=4, channels=3))),
@@ -241,7 +254,7 @@ def test_stream_errors_do_not_break_the_stream(client):
     image = reference.smooth_images(1, SIZE, seed=29)[0]
     results = list(client.explain_stream([image, b"junk", image, image], method="gradcam"))
     errors = {r.index: r.error for r in results if r.error}
-    assert list(errors) == [1] and errors[1][0] == "INVALID_ARGUMENT"
+    assert list(errors) == [1] and errors[1][0] == "INVALID_ARGUMENT" and "not a JPEG" in errors[1][1]
     assert len(results) == 4
 
 
