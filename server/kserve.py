@@ -2,8 +2,13 @@
 
 Tensors as in the exported signature: inputs `images` (UINT8 [N,H,W,3]) or
 `image_bytes` (BYTES [N], encoded images), optional `class_index` and `method`
-(INT32 [N]); outputs `logits`, `probabilities`, `class_index`, `heatmap`,
-`heatmap_scale`, as raw contents, only those requested when any are.
+(INT32 [N], or [N,1] as Triton's tools shape per-image scalars); outputs
+`logits`, `probabilities`, `class_index`, `heatmap`, `heatmap_scale`, as raw
+contents, only those requested when any are.
+
+Metadata and ModelConfig describe `images`, `class_index` and `method` the way
+perf_analyzer can drive them (it sends every input it is told of, so the
+alternative `image_bytes` is accepted but not advertised).
 """
 
 from __future__ import annotations
@@ -49,9 +54,9 @@ def _per_image(tensors: dict, name: str, n: int, default: int) -> np.ndarray:
     values = tensors[name]
     if isinstance(values, list) or values.dtype.kind != "i":
         raise invalid(f"input {name!r} must be INT32 [{n}]")
-    if values.shape != (n,):
+    if values.shape not in ((n,), (n, 1)):
         raise invalid(f"input {name!r} has shape {list(values.shape)}; expected [{n}], one per image")
-    return values.astype(np.int64)
+    return values.reshape(n).astype(np.int64)
 
 
 class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
@@ -83,9 +88,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             platform="tensorflow_savedmodel",
             inputs=[
                 _tensor("images", "UINT8", [-1, model.height, model.width, 3]),
-                _tensor("image_bytes", "BYTES", [-1]),
-                _tensor("class_index", "INT32", [-1]),
-                _tensor("method", "INT32", [-1]),
+                _tensor("class_index", "INT32", [-1, 1]),
+                _tensor("method", "INT32", [-1, 1]),
             ],
             outputs=[
                 _tensor("logits", "FP32", [-1, model.num_classes]),
@@ -94,6 +98,36 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 _tensor("heatmap", "FP32", [-1, h, w]),
                 _tensor("heatmap_scale", "FP32", [-1]),
             ],
+        )
+
+    async def ModelConfig(self, request, context):
+        model = await self._model(request.name, request.version, context, ready=False)
+        h, w = model.metadata["feature_size"]
+        options = model.batcher.options
+        fp32, int32 = kpb.TYPE_FP32, kpb.TYPE_INT32
+        return kpb.ModelConfigResponse(
+            config=kpb.ModelConfig(
+                name=model.name,
+                platform="tensorflow_savedmodel",
+                backend="camserve",
+                max_batch_size=options.max_batch_size,
+                input=[
+                    kpb.ModelInput(name="images", data_type=kpb.TYPE_UINT8, format=kpb.ModelInput.FORMAT_NHWC, dims=[model.height, model.width, 3]),
+                    kpb.ModelInput(name="class_index", data_type=int32, dims=[1], optional=True),
+                    kpb.ModelInput(name="method", data_type=int32, dims=[1], optional=True),
+                ],
+                output=[
+                    kpb.ModelOutput(name="logits", data_type=fp32, dims=[model.num_classes]),
+                    kpb.ModelOutput(name="probabilities", data_type=fp32, dims=[model.num_classes]),
+                    kpb.ModelOutput(name="class_index", data_type=int32, dims=[]),
+                    kpb.ModelOutput(name="heatmap", data_type=fp32, dims=[h, w]),
+                    kpb.ModelOutput(name="heatmap_scale", data_type=fp32, dims=[]),
+                ],
+                dynamic_batching=kpb.ModelDynamicBatching(
+                    preferred_batch_size=list(model.batcher.ladder),
+                    max_queue_delay_microseconds=int(options.batch_timeout * 1e6),
+                ),
+            )
         )
 
     async def ModelStatistics(self, request, context):
@@ -164,6 +198,9 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         def duration(d):
             return kpb.StatisticDuration(count=d.count, ns=d.ns)
 
+        def counted(d):  # input/output staging is inside compute; Triton's tools want equal counts
+            return kpb.StatisticDuration(count=d.count)
+
         return kpb.ModelStatistics(
             name=model.name,
             version=str(model.version),
@@ -171,10 +208,18 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             inference_count=s.inference_count,
             execution_count=s.execution_count,
             inference_stats=kpb.InferStatistics(
-                success=duration(s.success), fail=duration(s.fail), queue=duration(s.queue), compute_infer=duration(s.compute)
+                success=duration(s.success),
+                fail=duration(s.fail),
+                queue=duration(s.queue),
+                compute_input=counted(s.compute),
+                compute_infer=duration(s.compute),
+                compute_output=counted(s.compute),
             ),
             batch_stats=[
-                kpb.InferBatchStatistics(batch_size=size, compute_infer=duration(d)) for size, d in sorted(s.batches.items())
+                kpb.InferBatchStatistics(
+                    batch_size=size, compute_input=counted(d), compute_infer=duration(d), compute_output=counted(d)
+                )
+                for size, d in sorted(s.batches.items())
             ],
         )
 

@@ -57,6 +57,13 @@ def test_liveness_readiness_and_metadata(kserve):
     assert {t.name: (t.datatype, list(t.shape)) for t in meta.inputs}["images"] == ("UINT8", [-1, SIZE, SIZE, 3])
     outputs = {t.name: (t.datatype, list(t.shape)) for t in meta.outputs}
     assert outputs["heatmap"] == ("FP32", [-1, 16, 16]) and outputs["logits"] == ("FP32", [-1, models.CLASSES])
+    config = kserve.get_model_config("tiny").config
+    assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4, 8]
+    assert [(i.name, list(i.dims), i.optional) for i in config.input] == [
+        ("images", [SIZE, SIZE, 3], False),
+        ("class_index", [1], True),
+        ("method", [1], True),
+    ]
 
 
 def test_infer_raw_and_encoded_equal_the_native_api(kserve, native):
@@ -76,6 +83,15 @@ def test_infer_raw_and_encoded_equal_the_native_api(kserve, native):
             np.testing.assert_allclose(result.as_numpy("probabilities")[i], want.probabilities, rtol=1e-5, atol=1e-7)
             assert result.as_numpy("class_index")[i] == want.class_index
             assert result.as_numpy("heatmap_scale")[i] == pytest.approx(want.heatmap_scale, rel=1e-5)
+
+
+def test_per_image_scalars_may_come_as_n_by_1(kserve):
+    """Triton's tools shape per-image scalars [N,1] (ModelConfig dims [1])."""
+    images = reference.smooth_images(2, SIZE, seed=47)
+    column = triton.InferInput("class_index", [2, 1], "INT32")
+    column.set_data_from_numpy(np.array([[1], [4]], np.int32))
+    result = kserve.infer("tiny", [images_input(images), column])
+    assert list(result.as_numpy("class_index")) == [1, 4]
 
 
 def test_requested_outputs_only(kserve):
@@ -110,6 +126,7 @@ def test_typed_contents_are_accepted(server, kserve):
         (lambda imgs: [images_input(imgs), int_input("class_index", [models.CLASSES])], "class_index out of range"),
         (lambda imgs: [images_input(imgs), int_input("method", [7])], "method codes are 0..2"),
         (lambda imgs: [images_input(imgs), int_input("class_index", [0, 1])], "expected [1], one per image"),
+        (lambda imgs: [triton.InferInput("image_bytes", [1], "BYTES")], "has 0 elements; its shape says 1"),
         (lambda imgs: [images_input(imgs), int_input("zzz", [0])], "unknown input"),
     ],
 )
@@ -161,3 +178,5 @@ def test_model_statistics_count_inferences_and_batches(kserve):
     assert after.inference_stats.success.count == before.inference_stats.success.count + 1
     assert after.inference_stats.compute_infer.ns > before.inference_stats.compute_infer.ns
     assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count
+    stats = after.inference_stats  # perf_analyzer insists the three compute counts agree
+    assert stats.compute_input.count == stats.compute_infer.count == stats.compute_output.count
