@@ -27,7 +27,8 @@ from .handler import Handler, Limits
 from .kserve import KServeService
 from .logs import configure_logging
 from .metrics import Metrics
-from .models import Registry, ServedModel, discover
+from .lifecycle import ModelManager, VersionPolicy
+from .models import Registry
 from .service import CamServeService
 
 log = logging.getLogger("camserve.server")
@@ -40,6 +41,8 @@ KSERVE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceServ
 class ServerOptions:
     repo: Path
     models: list[str] | None = None
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    poll_seconds: float = 5.0  # how often the repository is checked for versions; 0: never
     host: str = "0.0.0.0"
     port: int = 8500
     metrics_port: int = 8501  # 0: no metrics endpoint
@@ -76,20 +79,6 @@ class Server:
         for service in ("", SERVICE_NAME, KSERVE_NAME):
             await self.health.set(service, status)
 
-    async def _load_models(self, device: str):
-        loop = asyncio.get_running_loop()
-        for path in discover(self.options.repo, self.options.models):
-            log.info("loading %s", path)
-            # Loading and XLA compiles block for seconds: off the event loop, so health answers meanwhile.
-            model = await loop.run_in_executor(
-                None, ServedModel, path, device, self.options.batching, self.metrics
-            )
-            self.registry.add(model)
-            await loop.run_in_executor(None, model.warm_up, log.info)
-            model.batcher.start()
-            log.info("model %s v%s ready on %s", model.name, model.version, device)
-        self.registry.loaded = True
-
     def _on_signal(self, signum):
         log.info("received %s: draining", signal.Signals(signum).name)
         self.stopping.set()
@@ -108,22 +97,33 @@ class Server:
             self.metrics.serve(opts.metrics_port)
         log.info("listening on %s (metrics on :%s); NOT_SERVING until warm-up ends", address, opts.metrics_port)
 
-        device = select_device()
-        loader = asyncio.create_task(self._load_models(device))
+        self.manager = ModelManager(
+            opts.repo, opts.models, opts.version_policy, self.registry, select_device(), opts.batching, self.metrics
+        )
+        loader = asyncio.create_task(self.manager.sync())
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({loader, stop}, return_when=asyncio.FIRST_COMPLETED)
+        watcher = None
         if loader.done() and not self.stopping.is_set():
-            loader.result()  # a model that fails to load stops the server here
+            loader.result()  # an unreadable repository stops the server here
+            if not self.registry.all():
+                raise RuntimeError(f"no model in {opts.repo} could be loaded; see the log lines above")
+            self.registry.loaded = True
+            if opts.poll_seconds:
+                watcher = asyncio.create_task(self.manager.watch(opts.poll_seconds))
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-            log.info("SERVING %d model(s): %s", len(self.registry.models), ", ".join(self.registry.models))
+            served = ", ".join(f"{m.name} v{m.version}" for m in self.registry.all())
+            log.info("SERVING %s", served)
             await self.stopping.wait()
-        await self._drain(loader)
+        await self._drain(loader, watcher)
         return 0
 
-    async def _drain(self, loader: asyncio.Task):
+    async def _drain(self, *tasks: asyncio.Task | None):
         self.registry.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        loader.cancel()
+        for task in tasks:
+            if task:
+                task.cancel()
         await asyncio.sleep(self.options.shutdown_delay)
         # New calls are refused with UNAVAILABLE from here (clients retry elsewhere);
         # accepted ones finish within the drain timeout, then the listener closes.
@@ -132,9 +132,7 @@ class Server:
         if not await self.handler.wait_idle(self.options.drain_timeout):
             log.warning("drain timeout: %d call(s) still in flight are cut off", self.handler.in_flight)
         await self.grpc.stop(grace=max(0.0, self.options.drain_timeout - (time.monotonic() - started)))
-        for model in self.registry.models.values():
-            await model.batcher.stop()
-            model.close()
+        await self.manager.close()
         self.decoders.shutdown(wait=False)
         log.info("stopped")
 

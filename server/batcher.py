@@ -82,7 +82,8 @@ class Batcher:
         self.incoming = 0  # requests accepted and still being decoded
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self.idle = asyncio.Event()
+        self._closed = False
+        self.idle = asyncio.Event()  # nothing queued and no batch running
         self.idle.set()
 
     # -- callers -----------------------------------------------------------
@@ -95,6 +96,8 @@ class Batcher:
         self._wakeup.set()
 
     def submit(self, item: Item):
+        if self._closed:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} version was retired; retry")
         if len(self.queue) >= self.options.max_enqueued:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -108,10 +111,20 @@ class Batcher:
     def start(self):
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
+    async def drained(self):
+        """Returns once no request is being decoded for, waiting or running here."""
+        while self.incoming or not self.idle.is_set():
+            await asyncio.sleep(0.05)
+
     async def stop(self):
+        self._closed = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        while self.queue:  # only on a forced stop: tell the waiting callers
+            item = self.queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(RequestError(grpc.StatusCode.UNAVAILABLE, "the model was unloaded; retry"))
 
     # -- the loop ----------------------------------------------------------
     async def _wait_for(self, condition, until: float | None):

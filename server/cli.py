@@ -7,6 +7,9 @@ def add_parser(subparsers):
     p = subparsers.add_parser("serve", help="serve a model repository over gRPC with dynamic batching")
     p.add_argument("--repo", required=True, type=Path, help="model repository folder")
     p.add_argument("--model", dest="models", action="append", help="serve only this model (repeatable)")
+    p.add_argument("--version-policy", choices=["latest", "all", "specific"], default="latest")
+    p.add_argument("--versions", type=int, nargs="+", default=[], help="with --version-policy specific")
+    p.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for new versions; 0: never")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8500)
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus metrics over HTTP; 0 turns it off")
@@ -25,6 +28,7 @@ def run(args) -> int:
     from .app import ServerOptions, serve
     from .batcher import BatchingOptions
     from .handler import Limits
+    from .lifecycle import VersionPolicy
 
     batching = BatchingOptions(
         max_batch_size=args.max_batch_size,
@@ -35,6 +39,8 @@ def run(args) -> int:
     options = ServerOptions(
         repo=args.repo,
         models=args.models,
+        version_policy=VersionPolicy(args.version_policy, tuple(args.versions)),
+        poll_seconds=args.poll_seconds,
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,

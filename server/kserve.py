@@ -72,9 +72,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         return kpb.ServerReadyResponse(ready=self.registry.ready)
 
     async def ModelReady(self, request, context):
-        model = self.registry.models.get(request.name)
-        ready = bool(model) and model.state == AVAILABLE and self.registry.ready
-        return kpb.ModelReadyResponse(ready=ready and _version(request.version) in (0, model.version))
+        model = self.registry.find(request.name, _version(request.version))
+        return kpb.ModelReadyResponse(ready=bool(model) and model.state == AVAILABLE and self.registry.ready)
 
     async def ServerMetadata(self, request, context):
         return kpb.ServerMetadataResponse(name="camserve", version=camserve.__version__, extensions=["statistics"])
@@ -84,7 +83,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         h, w = model.metadata["feature_size"]
         return kpb.ModelMetadataResponse(
             name=model.name,
-            versions=[str(model.version)],
+            versions=[str(v) for v in sorted(self.registry.versions.get(model.name, {}))],
             platform="tensorflow_savedmodel",
             inputs=[
                 _tensor("images", "UINT8", [-1, model.height, model.width, 3]),
@@ -134,7 +133,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         if request.name:
             models = [await self._model(request.name, request.version, context, ready=False)]
         else:
-            models = list(self.registry.models.values())
+            models = self.registry.all()
         return kpb.ModelStatisticsResponse(model_stats=[self._statistics(m) for m in models])
 
     # -- inference -------------------------------------------------------------
@@ -184,8 +183,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             if ready:
                 return self.registry.get(name, _version(version))
-            model = self.registry.models.get(name)
-            if model is None or _version(version) not in (0, model.version):
+            model = self.registry.find(name, _version(version))
+            if model is None:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version or 'latest'} is not served here")
             return model
         except RequestError as err:

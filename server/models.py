@@ -67,25 +67,13 @@ class ServedModel:
         self._executor.shutdown(wait=True)
 
 
-def discover(repo: Path, names: list[str] | None = None) -> list[Path]:
-    """The newest published version folder of each model (or of the named ones)."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise FileNotFoundError(f"model repository {repo} does not exist")
-    wanted = names or sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
-    found = []
-    for name in wanted:
-        versions = repository.versions(repo, name)
-        if not versions:
-            raise FileNotFoundError(f"model {name!r} has no published version in {repo}")
-        found.append(repository.version_dir(repo, name, versions[-1]))
-    return found
-
-
 class Registry:
+    """Every loaded version of every model; requests get the newest available
+    version unless they name one."""
+
     def __init__(self):
-        self.models: dict[str, ServedModel] = {}
-        self.loaded = False  # every model of the repository is in `models`
+        self.versions: dict[str, dict[int, ServedModel]] = {}
+        self.loaded = False  # the first pass over the repository is done
         self.draining = False  # shutting down: not ready, though calls are still answered
         self.refusing = False  # shutting down: new calls get UNAVAILABLE
 
@@ -93,24 +81,38 @@ class Registry:
     def ready(self) -> bool:
         return self.loaded and not self.draining
 
+    def all(self) -> list[ServedModel]:
+        return [m for name in sorted(self.versions) for _, m in sorted(self.versions[name].items())]
+
     def add(self, model: ServedModel):
-        self.models[model.name] = model
+        self.versions.setdefault(model.name, {})[model.version] = model
+
+    def remove(self, model: ServedModel):
+        self.versions.get(model.name, {}).pop(model.version, None)
+
+    def find(self, name: str, version: int = 0) -> ServedModel | None:
+        """The named version, or the newest loaded one; None when there is none."""
+        loaded = self.versions.get(name) or {}
+        if version:
+            return loaded.get(version)
+        available = [v for v, m in loaded.items() if m.state == AVAILABLE]
+        return loaded[max(available)] if available else None
 
     def get(self, name: str, version: int = 0) -> ServedModel:
+        """The model a request runs on, or the status that says why there is none."""
         if self.refusing:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
-        if not name and len(self.models) == 1:
-            name = next(iter(self.models))
-        model = self.models.get(name)
-        if model is None and not self.loaded:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models")
-        if model is None:
-            known = ", ".join(sorted(self.models)) or "none"
+        if not name and len(self.versions) == 1:
+            name = next(iter(self.versions))
+        if name not in self.versions:
+            if not self.loaded:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models")
+            known = ", ".join(sorted(self.versions)) or "none"
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {known})")
-        if version and version != model.version:
-            raise RequestError(
-                grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not loaded (loaded: {model.version})"
-            )
-        if model.state != AVAILABLE:
+        model = self.find(name, version)
+        if model is None and version:
+            loaded = ", ".join(map(str, sorted(self.versions[name]))) or "none"
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not loaded (loaded: {loaded})")
+        if model is None or model.state != AVAILABLE:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} is still warming up")
         return model

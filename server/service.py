@@ -60,10 +60,10 @@ class CamServeService(pb_grpc.CamServeServicer):
             yield response
 
     async def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.models.values()])
+        return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.all()])
 
     async def GetModel(self, request, context):
-        model = self.registry.models.get(request.model)
-        if model is None or (request.version and request.version != model.version):
+        model = self.registry.find(request.model, request.version)
+        if model is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} version {request.version or 'latest'} is not served here")
         return model_info(model)
