@@ -4,6 +4,8 @@ and an overlay PNG each."""
 import sys
 from pathlib import Path
 
+from . import connection
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("explain", help="explain images with a running server and write overlays")
@@ -18,6 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--colormap", default="jet")
     p.add_argument("--alpha", type=float, default=0.4)
     p.add_argument("--timeout", type=float, default=60.0)
+    connection.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -39,7 +42,7 @@ def run(args) -> int:
     options = dict(model=args.model, method=args.method, class_index=args.class_index, top_k=args.top_k, resize=args.resize)
     failures, total = 0, len(args.images)
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        with Client(args.target, timeout=args.timeout, **connection.from_arguments(args)) as client:
             stream = client.explain_stream(args.images, timeout=args.timeout, **options)
             for done, result in enumerate(stream, start=1):
                 path = args.images[result.index]

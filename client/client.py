@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import AsyncIterator, Iterable, Iterator
 
 import grpc
@@ -10,39 +9,13 @@ import grpc
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
+from .connection import Connection
 from .messages import Explanation, explanation, request_message
 
-SERVICE = "camserve.v1.CamServe"
-
-
-def channel_options(max_message_mb: float, retries: int) -> list[tuple[str, object]]:
-    """Message limits that match the server's, and gRPC's own retries of UNAVAILABLE
-    (a server starting, draining or restarting) with backoff."""
-    limit = int(max_message_mb * 1024 * 1024)
-    policy = {
-        "methodConfig": [
-            {
-                "name": [{"service": SERVICE}],
-                "retryPolicy": {
-                    "maxAttempts": retries + 1,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    if retries:  # gRPC rejects a retry policy of fewer than 2 attempts
-        options += [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(policy))]
-    else:
-        options += [("grpc.enable_retries", 0)]
-    return options
-
-
 class _Base:
-    def __init__(self, model: str | None, timeout: float | None):
+    def __init__(self, connection: Connection, model: str | None, timeout: float | None):
+        self.connection = connection
+        self.metadata = connection.metadata()
         self.model = model
         self.timeout = timeout
 
@@ -54,32 +27,38 @@ class _Base:
 class Client(_Base):
     """Client("localhost:8500").explain("cat.jpg") -> Explanation.
 
+    `target` is "host:port", a gRPC URI such as "dns:///camserve:8500", or a
+    list of "host:port" to balance over round-robin. Connection options: tls,
+    ca, cert, key (paths or PEM bytes; cert+key for mutual TLS), token (bearer),
+    retries (of UNAVAILABLE, on another replica when there are several),
+    max_message_mb.
+
     Options of explain/explain_stream: model, version, class_index (None: top-1),
     method ("gradcam", "gradcam++", "guided"), top_k, heatmap_type ("float32",
     "uint8"), original_size, resize ("stretch", "center_crop", "letterbox"),
     return_scores."""
 
-    def __init__(self, target: str, *, model=None, timeout: float | None = 30.0, retries: int = 3, max_message_mb=64):
-        super().__init__(model, timeout)
-        self.channel = grpc.insecure_channel(target, options=channel_options(max_message_mb, retries))
+    def __init__(self, target, *, model=None, timeout: float | None = 30.0, **connection):
+        super().__init__(Connection(target, **connection), model, timeout)
+        self.channel = self.connection.channel()
         self.stub = pb_grpc.CamServeStub(self.channel)
 
     def explain(self, image, *, timeout: float | None = None, **options) -> Explanation:
-        response = self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout)
+        response = self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
         return explanation(response)
 
     def explain_stream(self, images: Iterable, *, timeout: float | None = None, **options) -> Iterator[Explanation]:
         """Explanations in completion order; `.index` is the image's position, and
         a failed image yields an Explanation whose `.error` says why."""
         requests = (self._request(image, request_id=str(i), **options) for i, image in enumerate(images))
-        for response in self.stub.ExplainStream(requests, timeout=timeout):
+        for response in self.stub.ExplainStream(requests, timeout=timeout, metadata=self.metadata):
             yield explanation(response, index=int(response.id))
 
     def list_models(self) -> list[pb.ModelInfo]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata).models)
 
     def get_model(self, name: str, version: int = 0) -> pb.ModelInfo:
-        return self.stub.GetModel(pb.GetModelRequest(model=name, version=version), timeout=self.timeout)
+        return self.stub.GetModel(pb.GetModelRequest(model=name, version=version), timeout=self.timeout, metadata=self.metadata)
 
     def close(self):
         self.channel.close()
@@ -94,25 +73,25 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asyncio twin of Client: the same methods, awaited."""
 
-    def __init__(self, target: str, *, model=None, timeout: float | None = 30.0, retries: int = 3, max_message_mb=64):
-        super().__init__(model, timeout)
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_mb, retries))
+    def __init__(self, target, *, model=None, timeout: float | None = 30.0, **connection):
+        super().__init__(Connection(target, **connection), model, timeout)
+        self.channel = self.connection.aio_channel()
         self.stub = pb_grpc.CamServeStub(self.channel)
 
     async def explain(self, image, *, timeout: float | None = None, **options) -> Explanation:
-        response = await self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout)
+        response = await self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
         return explanation(response)
 
     async def explain_stream(self, images: Iterable, *, timeout: float | None = None, **options) -> AsyncIterator[Explanation]:
         requests = (self._request(image, request_id=str(i), **options) for i, image in enumerate(images))
-        async for response in self.stub.ExplainStream(requests, timeout=timeout):
+        async for response in self.stub.ExplainStream(requests, timeout=timeout, metadata=self.metadata):
             yield explanation(response, index=int(response.id))
 
     async def list_models(self) -> list[pb.ModelInfo]:
-        return list((await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)).models)
+        return list((await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata)).models)
 
     async def get_model(self, name: str, version: int = 0) -> pb.ModelInfo:
-        return await self.stub.GetModel(pb.GetModelRequest(model=name, version=version), timeout=self.timeout)
+        return await self.stub.GetModel(pb.GetModelRequest(model=name, version=version), timeout=self.timeout, metadata=self.metadata)
 
     async def close(self):
         await self.channel.close()

@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 
 from .client import AsyncClient
+from .connection import Connection
 
 
 @dataclass
@@ -62,12 +63,12 @@ Send = Callable[[object], Awaitable[int | None]]
 class native_sender:  # noqa: N801 - used like a function, as an async context manager
     """Sends through camserve's native Explain."""
 
-    def __init__(self, target: str, model: str | None = None, timeout: float = 30.0, **options):
-        self.client = AsyncClient(target, model=model, timeout=timeout, retries=0)
-        self.options = options
+    def __init__(self, target, model: str | None = None, timeout: float = 30.0, method="gradcam", **connection):
+        self.client = AsyncClient(target, model=model, timeout=timeout, retries=0, **connection)
+        self.method = method
 
     async def send(self, image):
-        return (await self.client.explain(image, **self.options)).batch_size
+        return (await self.client.explain(image, method=self.method)).batch_size
 
     async def batch_counts(self):
         return None  # every response carries its batch size
@@ -83,12 +84,14 @@ class kserve_sender:  # noqa: N801
     """Sends through KServe v2 ModelInfer: raw pixels as `images`, encoded bytes as
     `image_bytes`; only `class_index` is asked back, to keep the response small."""
 
-    def __init__(self, target: str, model: str, timeout: float = 30.0):
+    def __init__(self, target, model: str, timeout: float = 30.0, **connection):
         from camserve.kserve import grpc_predict_v2_pb2 as kpb
         from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
         self.kpb = kpb
-        self.channel = grpc.aio.insecure_channel(target)
+        link = Connection(target, retries=0, **connection)
+        self.channel = link.aio_channel()
+        self.metadata = link.metadata()
         self.stub = kpb_grpc.GRPCInferenceServiceStub(self.channel)
         self.model, self.timeout = model, timeout
 
@@ -105,12 +108,13 @@ class kserve_sender:  # noqa: N801
         return request
 
     async def send(self, image):
-        await self.stub.ModelInfer(self._request(image), timeout=self.timeout)
+        await self.stub.ModelInfer(self._request(image), timeout=self.timeout, metadata=self.metadata)
         return None
 
     async def batch_counts(self):
         """(images run, batches run) from the model's statistics: KServe responses do not say."""
-        stats = await self.stub.ModelStatistics(self.kpb.ModelStatisticsRequest(name=self.model), timeout=self.timeout)
+        request = self.kpb.ModelStatisticsRequest(name=self.model)
+        stats = await self.stub.ModelStatistics(request, timeout=self.timeout, metadata=self.metadata)
         return stats.model_stats[0].inference_count, stats.model_stats[0].execution_count
 
     async def __aenter__(self):

@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import connection
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -21,6 +23,7 @@ def add_parser(subparsers):
     p.add_argument("--generate", type=int, default=16, help="how many random images to generate")
     p.add_argument("--method", default="gradcam", help="native API only")
     p.add_argument("--out", type=Path, default=Path("loadtest"), help="folder for report.json, report.csv, report.png")
+    connection.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -49,9 +52,10 @@ def run(args) -> int:
     from .loadtest import kserve_sender, native_sender, run_levels
     from .report import plot, write_csv, write_json
 
+    secure = connection.from_arguments(args)
     closed = [1, 8, 32] if args.concurrency is None and not args.rate else (args.concurrency or [])
     try:
-        with Client(args.target, timeout=10) as client:
+        with Client(args.target, timeout=10, **secure) as client:
             images, model = _images(args, client)
     except grpc.RpcError as err:
         print(f"camserve loadtest: {args.target}: {err.code().name}: {err.details()}", file=sys.stderr)
@@ -60,9 +64,9 @@ def run(args) -> int:
         if not model:
             print("camserve loadtest: --api kserve needs --model", file=sys.stderr)
             return 2
-        factory = functools.partial(kserve_sender, args.target, model)
+        factory = functools.partial(kserve_sender, args.target, model, **secure)
     else:
-        factory = functools.partial(native_sender, args.target, model=model, method=args.method)
+        factory = functools.partial(native_sender, args.target, model=model, method=args.method, **secure)
     print(f"loadtest {args.api} {args.target} model {model or '(default)'}: {len(images)} images", file=sys.stderr)
     reports = run_levels(factory, images, closed, args.rate, args.duration, args.warmup)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from .handler import Handler, Limits
 from .kserve import KServeService
 from .logs import configure_logging
 from .metrics import Metrics
+from .security import SecurityOptions
 from .lifecycle import ModelManager, VersionPolicy
 from .models import Registry
 from .service import CamServeService
@@ -42,6 +43,7 @@ class ServerOptions:
     repo: Path
     models: list[str] | None = None
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    security: SecurityOptions = field(default_factory=SecurityOptions)
     poll_seconds: float = 5.0  # how often the repository is checked for versions; 0: never
     host: str = "0.0.0.0"
     port: int = 8500
@@ -65,7 +67,8 @@ class Server:
         self.stopping = asyncio.Event()
         limit = options.max_message_bytes
         self.grpc = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+            interceptors=options.security.interceptors(),
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
         )
         camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.handler), self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -87,7 +90,9 @@ class Server:
         opts = self.options
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{opts.host}:{opts.port}"
-        if not self.grpc.add_insecure_port(address):
+        credentials = opts.security.credentials()
+        bound = self.grpc.add_secure_port(address, credentials) if credentials else self.grpc.add_insecure_port(address)
+        if not bound:
             raise OSError(f"cannot listen on {address}")
         await self.grpc.start()
         loop = asyncio.get_running_loop()
@@ -95,7 +100,9 @@ class Server:
             loop.add_signal_handler(signum, self._on_signal, signum)
         if opts.metrics_port:
             self.metrics.serve(opts.metrics_port)
-        log.info("listening on %s (metrics on :%s); NOT_SERVING until warm-up ends", address, opts.metrics_port)
+        security = ("mutual TLS" if opts.security.client_ca else "TLS") if credentials else "plaintext"
+        auth = "bearer token" if opts.security.token else "no authentication"
+        log.info("listening on %s (%s, %s; metrics on :%s); NOT_SERVING until warm-up ends", address, security, auth, opts.metrics_port)
 
         self.manager = ModelManager(
             opts.repo, opts.models, opts.version_policy, self.registry, select_device(), opts.batching, self.metrics

@@ -21,14 +21,21 @@ def add_parser(subparsers):
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
     p.add_argument("--shutdown-delay", type=float, default=1.0, help="seconds of NOT_SERVING before refusing calls")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds accepted calls get to finish")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mutual TLS)")
+    p.add_argument("--auth-token-file", type=Path, help="require 'authorization: Bearer <token>' (default: $CAMSERVE_AUTH_TOKEN)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import sys
+
     from .app import ServerOptions, serve
     from .batcher import BatchingOptions
     from .handler import Limits
     from .lifecycle import VersionPolicy
+    from .security import SecurityOptions
 
     batching = BatchingOptions(
         max_batch_size=args.max_batch_size,
@@ -36,11 +43,17 @@ def run(args) -> int:
         max_enqueued=args.max_enqueued,
         allowed_batch_sizes=tuple(args.allowed_batch_sizes or ()),
     )
+    try:
+        security = SecurityOptions.from_args(args.tls_cert, args.tls_key, args.tls_client_ca, args.auth_token_file)
+    except (ValueError, OSError) as err:
+        print(f"camserve serve: error: {err}", file=sys.stderr)
+        return 2
     options = ServerOptions(
         repo=args.repo,
         models=args.models,
         version_policy=VersionPolicy(args.version_policy, tuple(args.versions)),
         poll_seconds=args.poll_seconds,
+        security=security,
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,

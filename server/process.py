@@ -25,7 +25,9 @@ def free_port() -> int:
 class ServerProcess:
     """`camserve serve --repo REPO ARGS...` on free loopback ports."""
 
-    def __init__(self, repo: Path, log: Path, *args: str, command: list[str] | None = None, port: int | None = None):
+    def __init__(
+        self, repo: Path, log: Path, *args: str, command: list[str] | None = None, port: int | None = None, credentials=None
+    ):
         self.port, self.metrics_port = port or free_port(), free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log = log
@@ -35,7 +37,9 @@ class ServerProcess:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         # Reconnect quickly: the default backoff (1 s and growing) would miss the warm-up window.
         fast = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
-        self.channel = grpc.insecure_channel(self.target, options=fast)
+        self.channel = (
+            grpc.secure_channel(self.target, credentials, options=fast) if credentials else grpc.insecure_channel(self.target, options=fast)
+        )
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def health(self, service: str = "") -> str | None:

@@ -1,0 +1,97 @@
+"""Mutual TLS and bearer tokens on a real server; health stays open to probes."""
+
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+
+from camserve.client import Client
+from camserve.server.process import ServerProcess
+from tests import models
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=camserve test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        (d / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
+    (d / "token").write_text(TOKEN + "\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def secure_server(server_repo, pki, tmp_path_factory):
+    credentials = grpc.ssl_channel_credentials(
+        (pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes()
+    )
+    process = ServerProcess(
+        server_repo,
+        tmp_path_factory.mktemp("logs") / "secure.log",
+        *("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")),
+        *("--tls-client-ca", str(pki / "ca.pem"), "--auth-token-file", str(pki / "token")),
+        credentials=credentials,
+    )
+    process.wait_for("SERVING")  # health needs no token
+    yield process
+    process.terminate()
+
+
+IMAGE = np.zeros((models.SIZE, models.SIZE, 3), np.uint8)
+
+
+def client(server, pki, **overrides):
+    options = dict(ca=pki / "ca.pem", cert=pki / "client.pem", key=pki / "client.key", token=TOKEN, retries=0, timeout=10)
+    options.update(overrides)
+    return Client(server.target, model="tiny", **options)
+
+
+def test_certificate_and_token_get_answers(secure_server, pki):
+    with client(secure_server, pki) as c:
+        assert c.explain(IMAGE).class_index >= 0
+
+
+@pytest.mark.parametrize("token", [None, "wrong", TOKEN + "x"])
+def test_missing_or_wrong_token_is_unauthenticated(secure_server, pki, token):
+    with client(secure_server, pki, token=token) as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.explain(IMAGE)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as err:
+            c.list_models()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_without_client_certificate_or_tls_no_call_gets_through(secure_server, pki):
+    with client(secure_server, pki, cert=None, key=None) as c:
+        with pytest.raises(grpc.RpcError) as err:
+            c.explain(IMAGE)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    with Client(secure_server.target, model="tiny", token=TOKEN, retries=0, timeout=10) as plaintext:
+        with pytest.raises(grpc.RpcError) as err:
+            plaintext.explain(IMAGE)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_cli_takes_the_same_options(secure_server, pki, tmp_path):
+    import cv2
+    import sys
+
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), IMAGE)
+    base = [sys.executable, "-m", "camserve", "explain", str(path), "--target", secure_server.target, "--out", str(tmp_path)]
+    tls = ["--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+    ok = subprocess.run([*base, *tls, "--token-file", str(pki / "token")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-1500:]
+    denied = subprocess.run([*base, *tls], capture_output=True, text=True, timeout=120)
+    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
