@@ -1,0 +1,52 @@
+"""Three replicas on loopback behind the client's round-robin balancing: one is
+killed outright under load and no request fails."""
+
+import threading
+import time
+
+import grpc
+import numpy as np
+
+from camserve.client import Client
+from camserve.server.process import ServerProcess
+from tests import models
+
+
+def test_killing_a_replica_under_load_fails_no_request(server_repo, tmp_path):
+    replicas = [ServerProcess(server_repo, tmp_path / f"replica{i}.log") for i in range(3)]
+    image = np.zeros((models.SIZE, models.SIZE, 3), np.uint8)
+    outcomes, stop = [], threading.Event()
+
+    def load(c):
+        while not stop.is_set():
+            try:
+                c.explain(image, timeout=20)
+                outcomes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as err:
+                outcomes.append(err.code())
+
+    try:
+        for replica in replicas:
+            replica.wait_for("SERVING")
+        with Client([r.target for r in replicas], model="tiny", retries=4) as client:
+            threads = [threading.Thread(target=load, args=(client,)) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(1.5)
+            spread = [r.metric("camserve_requests_total", model="tiny") for r in replicas]
+            replicas[0].process.kill()  # no drain, no goodbye
+            before_kill = len(outcomes)
+            time.sleep(2.5)
+            stop.set()
+            for t in threads:
+                t.join()
+        survivors = [r.metric("camserve_requests_total", model="tiny") for r in replicas[1:]]
+    finally:
+        stop.set()
+        for replica in replicas:
+            replica.terminate()
+    assert all(count > 0 for count in spread), f"round robin should reach every replica: {spread}"
+    assert len(outcomes) > before_kill + 20, "load went on after the kill"
+    failures = [o for o in outcomes if o != grpc.StatusCode.OK]
+    assert not failures, f"{len(failures)} of {len(outcomes)} requests failed: {set(failures)}"
+    assert all(count > spread_count for count, spread_count in zip(survivors, spread[1:]))
