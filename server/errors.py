@@ -1,6 +1,10 @@
 """A request's failure as the gRPC status and message the caller gets."""
 
+import logging
+
 import grpc
+
+log = logging.getLogger("camserve.errors")
 
 
 class RequestError(Exception):
@@ -12,3 +16,17 @@ class RequestError(Exception):
 
 def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def as_request_error(err: Exception) -> RequestError:
+    """err itself, or for a bug (logged) an INTERNAL error that shows no trace."""
+    if isinstance(err, RequestError):
+        return err
+    log.exception("unexpected error", exc_info=err)
+    return RequestError(grpc.StatusCode.INTERNAL, "internal server error (logged); please report it")
+
+
+async def abort(context, err: Exception):
+    """Ends a call with err's status."""
+    failure = as_request_error(err)
+    await context.abort(failure.code, failure.message)

@@ -26,7 +26,7 @@ from camserve.kserve import grpc_predict_v2_pb2 as kpb
 from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
 from .decode import decode_encoded, decode_raw
-from .errors import RequestError, invalid
+from .errors import RequestError, abort, as_request_error, invalid
 from .handler import Handler, deadline
 from .models import AVAILABLE, Registry, ServedModel
 from .streams import completion_order
@@ -140,16 +140,17 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         try:
             return await self._infer(request, context, "kserve")
-        except RequestError as err:
-            await context.abort(err.code, err.message)
+        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
+            await abort(context, err)
 
     async def ModelStreamInfer(self, request_iterator, context):
         async def infer_one(request):
             try:
                 return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context, "kserve_stream"))
-            except RequestError as err:
+            except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
+                failure = as_request_error(err)
                 failed = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
-                return kpb.ModelStreamInferResponse(error_message=f"{err.code.name}: {err.message}", infer_response=failed)
+                return kpb.ModelStreamInferResponse(error_message=f"{failure.code.name}: {failure.message}", infer_response=failed)
 
         async for response in completion_order(request_iterator, infer_one):
             yield response

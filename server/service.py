@@ -7,7 +7,7 @@ import grpc
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
-from .errors import RequestError
+from .errors import abort, as_request_error
 from .handler import Handler
 from .models import Registry, ServedModel
 from .streams import completion_order
@@ -43,8 +43,8 @@ class CamServeService(pb_grpc.CamServeServicer):
     async def Explain(self, request, context):
         try:
             return await self.handler.explain(request, context, "native")
-        except RequestError as err:
-            await context.abort(err.code, err.message)
+        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
+            await abort(context, err)
 
     async def ExplainStream(self, request_iterator, context):
         """Responses in completion order, each tagged with its request's id; a bad
@@ -53,8 +53,9 @@ class CamServeService(pb_grpc.CamServeServicer):
         async def explain_one(request):
             try:
                 return await self.handler.explain(request, context, "native_stream")
-            except RequestError as err:
-                return pb.ExplainResponse(id=request.id, error=pb.Error(code=err.code.value[0], message=err.message))
+            except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
+                failure = as_request_error(err)
+                return pb.ExplainResponse(id=request.id, error=pb.Error(code=failure.code.value[0], message=failure.message))
 
         async for response in completion_order(request_iterator, explain_one):
             yield response

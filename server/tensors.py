@@ -3,6 +3,7 @@ raw bytes out."""
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -19,6 +20,7 @@ CONTENTS = {
     "BOOL": "bool_contents",
     "BYTES": "bytes_contents",
 }
+MAX_DIMENSION = 2**31 - 1
 DATATYPE = {np.dtype("uint8"): "UINT8", np.dtype("int32"): "INT32", np.dtype("float32"): "FP32"}
 
 
@@ -51,9 +53,9 @@ def decode_inputs(request) -> dict:
             raise invalid(f"input {name!r} appears twice")
         if datatype not in CONTENTS:
             raise invalid(f"input {name!r} has unsupported datatype {datatype!r}")
-        if any(d < 0 for d in shape):
-            raise invalid(f"input {name!r} has a negative dimension in shape {list(shape)}")
-        count = int(np.prod(shape, dtype=np.int64))
+        if any(d < 1 or d > MAX_DIMENSION for d in shape):
+            raise invalid(f"input {name!r} has shape {list(shape)}; dimensions run from 1 to {MAX_DIMENSION}")
+        count = math.prod(shape)  # Python ints: numpy's would overflow on hostile shapes
         if datatype == "BYTES":
             tensors[name] = _split_bytes(raw[i], count, name) if raw else list(tensor.contents.bytes_contents)
             if len(tensors[name]) != count:

@@ -1,0 +1,171 @@
+"""Property-based fuzzing of the wire: whatever a caller sends, natively or over
+KServe, the answer is a status from the documented set and the server stays
+healthy."""
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
+from tests import models
+
+DOCUMENTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE,
+}
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _encoded(image: np.ndarray, ext: str) -> bytes:
+    ok, data = cv2.imencode(ext, image)
+    assert ok
+    return data.tobytes()
+
+
+@st.composite
+def images_bytes(draw):
+    """Valid images of every accepted kind, then maybe broken: truncated,
+    corrupted, or with a rewritten header."""
+    h, w = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    channels = draw(st.sampled_from([1, 3, 4]))
+    depth = draw(st.sampled_from([np.uint8, np.uint16]))
+    ext = draw(st.sampled_from([".png", ".jpg", ".bmp", ".webp"]))
+    if ext in (".jpg", ".webp", ".bmp"):
+        depth = np.uint8
+    if ext == ".jpg" and channels == 4:
+        channels = 3
+    image = np.random.default_rng(draw(st.integers(0, 9))).integers(0, np.iinfo(depth).max, (h, w, channels), dtype=np.uint64).astype(depth)
+    data = bytearray(_encoded(image, ext))
+    damage = draw(st.sampled_from(["none", "truncate", "flip", "header", "garbage"]))
+    if damage == "truncate":
+        data = data[: draw(st.integers(0, len(data)))]
+    elif damage == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= draw(st.integers(1, 255))
+    elif damage == "header":
+        i = draw(st.integers(0, min(40, len(data) - 1)))
+        data[i : i + 4] = draw(st.binary(min_size=4, max_size=4))
+    elif damage == "garbage":
+        data = bytearray(draw(st.binary(max_size=200)))
+    return bytes(data)
+
+
+@st.composite
+def native_requests(draw):
+    request = pb.ExplainRequest(
+        id=draw(st.text(max_size=8)),
+        model=draw(st.sampled_from(["tiny", "tiny", "", "other", "\x00"])),
+        version=draw(st.sampled_from([0, 0, 1, 2, -1, 2**62])),
+        method=draw(st.sampled_from(["", "gradcam", "gradcam++", "guided", "lime", "GRADCAM"])),
+        top_k=draw(st.integers(0, 2**32 - 1)),
+        heatmap_type=draw(st.integers(0, 5)),
+        heatmap_original_size=draw(st.booleans()),
+        resize=draw(st.integers(0, 5)),
+        return_scores=draw(st.booleans()),
+    )
+    if draw(st.booleans()):
+        request.class_index = draw(st.integers(-(2**31), 2**31 - 1) | st.integers(-2, models.CLASSES + 1))
+    kind = draw(st.sampled_from(["encoded", "raw", "raw_matching", "none"]))
+    if kind == "encoded":
+        request.image.encoded = draw(images_bytes())
+    elif kind == "raw":
+        request.image.raw.CopyFrom(
+            pb.RawImage(
+                pixels=draw(st.binary(max_size=300)),
+                height=draw(st.integers(0, 2**32 - 1) | st.integers(0, 20)),
+                width=draw(st.integers(0, 2**32 - 1) | st.integers(0, 20)),
+                channels=draw(st.integers(0, 8)),
+            )
+        )
+    elif kind == "raw_matching":
+        h, w, c = draw(st.integers(1, 50)), draw(st.integers(1, 50)), draw(st.sampled_from([1, 3, 4]))
+        request.image.raw.CopyFrom(pb.RawImage(pixels=bytes(h * w * c), height=h, width=w, channels=c))
+    return request
+
+
+@pytest.fixture(scope="module")
+def native_stub(server):
+    with grpc.insecure_channel(server.target) as channel:
+        yield pb_grpc.CamServeStub(channel)
+
+
+@FUZZ
+@given(request=native_requests())
+def test_native_requests_get_documented_statuses(server, native_stub, request):
+    try:
+        native_stub.Explain(request, timeout=20)
+    except grpc.RpcError as err:
+        assert err.code() in DOCUMENTED, f"{err.code()}: {err.details()}"
+        assert err.details(), "every refusal says why"
+
+
+DATATYPES = ["UINT8", "INT32", "INT64", "FP32", "FP64", "BYTES", "BOOL", "FP16", "STRING", ""]
+
+
+@st.composite
+def kserve_requests(draw):
+    request = service_pb2.ModelInferRequest(
+        model_name=draw(st.sampled_from(["tiny", "tiny", "nope", ""])),
+        model_version=draw(st.sampled_from(["", "1", "2", "x", "-1"])),
+        id=draw(st.text(max_size=6)),
+    )
+    use_raw = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.sampled_from(["images", "image_bytes", "class_index", "method", "other", "images"]))
+        datatype = draw(st.sampled_from(DATATYPES))
+        shape = draw(st.lists(st.integers(-2, 40) | st.sampled_from([2**31, 2**40]), max_size=5))
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+        if name == "images" and datatype == "FP32" and draw(st.booleans()):
+            values = np.full(max(1, min(int(np.prod([max(d, 0) for d in shape] or [1])), 4000)), np.nan, np.float32)
+        else:
+            values = None
+        if use_raw:
+            payload = values.tobytes() if values is not None else draw(st.binary(max_size=4000))
+            request.raw_input_contents.append(payload)
+        elif values is not None:
+            tensor.contents.fp32_contents.extend(values.tolist())
+        else:
+            tensor.contents.int_contents.extend(draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=20)))
+            tensor.contents.uint_contents.extend(draw(st.lists(st.integers(0, 2**32 - 1), max_size=20)))
+    if draw(st.booleans()):  # a well-formed image batch, so deeper paths run too
+        n = draw(st.integers(1, 3))
+        request.inputs.add(name="images", datatype="UINT8", shape=[n, models.SIZE, models.SIZE, 3])
+        if use_raw:
+            request.raw_input_contents.append(bytes(n * models.SIZE * models.SIZE * 3))
+        else:
+            request.inputs[-1].contents.uint_contents.extend([7] * (n * models.SIZE * models.SIZE * 3))
+    for name in draw(st.lists(st.sampled_from(["logits", "heatmap", "nope", ""]), max_size=3)):
+        request.outputs.add(name=name)
+    return request
+
+
+@pytest.fixture(scope="module")
+def kserve_stub(server):
+    with grpc.insecure_channel(server.target) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@FUZZ
+@given(request=kserve_requests())
+def test_kserve_requests_get_documented_statuses(server, kserve_stub, request):
+    try:
+        kserve_stub.ModelInfer(request, timeout=20)
+    except grpc.RpcError as err:
+        assert err.code() in DOCUMENTED, f"{err.code()}: {err.details()}"
+        assert err.details()
+
+
+def test_server_is_healthy_after_fuzzing(server, native_stub):
+    assert server.health() == "SERVING"
+    image = pb.Image(raw=pb.RawImage(pixels=bytes(models.SIZE * models.SIZE * 3), height=models.SIZE, width=models.SIZE, channels=3))
+    assert native_stub.Explain(pb.ExplainRequest(model="tiny", image=image), timeout=20).explained.index >= 0
