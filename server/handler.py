@@ -148,6 +148,8 @@ class Handler:
         call, received, code = Call(), time.monotonic(), grpc.StatusCode.OK
         self.in_flight += 1
         self._idle.clear()
+        if self.metrics:
+            self.metrics.in_flight.set(self.in_flight)
         try:
             yield call
         except RequestError as err:
@@ -163,6 +165,8 @@ class Handler:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
+            if self.metrics:
+                self.metrics.in_flight.set(self.in_flight)
             seconds = time.monotonic() - received
             # Only served names become metric labels: callers' typos must not grow the label set.
             if self.metrics:

@@ -31,6 +31,7 @@ class Metrics:
             "camserve_dropped_requests", "Requests dropped before running", ["model", "reason"], registry=r
         )
         self.depth = Gauge("camserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
+        self.in_flight = Gauge("camserve_in_flight_requests", "Calls being handled, from arrival to response", registry=r)
 
     def serve(self, port: int, host: str = "127.0.0.1"):
         start_http_server(port, addr=host, registry=self.registry)

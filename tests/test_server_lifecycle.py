@@ -115,6 +115,29 @@ def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
     assert executed + dropped <= 16  # a dropped request never ran
 
 
+def test_a_caller_leaving_mid_stream_leaves_no_work_behind(strict):
+    """14 images streamed (within max_enqueued) at ~10 ms each; the caller hangs
+    up after the first answer: the rest are dropped, not run, and nothing stays
+    in flight."""
+    executed_before = strict.metric("camserve_executed_requests_total", model="slow")
+    with Client(strict.target, model="slow", retries=0) as client:
+        stream = client.stub.ExplainStream(
+            iter([client._request(IMAGE, request_id=str(i)) for i in range(14)]), timeout=60
+        )
+        first = next(stream)
+        stream.cancel()
+    assert first.error.code == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and strict.metric("camserve_in_flight_requests") > 0:
+        time.sleep(0.1)
+    assert strict.metric("camserve_in_flight_requests") == 0
+    assert strict.metric("camserve_queue_depth", model="slow") == 0
+    executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
+    assert executed < 14, "the abandoned requests should not all have run"
+    assert strict.metric("camserve_requests_total", code="CANCELLED") > 0
+    assert strict.health() == "SERVING"
+
+
 def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
     """Callers keep sending while the server is told to stop: everything sent
     before the signal succeeds, later calls succeed or are refused, health turns
