@@ -157,16 +157,18 @@ class _Tally:
 
 
 async def _progress(tally: _Tally, label: str, start: float, total: float, stream):
+    """A live status line on a terminal; a line every few seconds in a log."""
     if stream is None:
         return
+    live = stream.isatty()
     while True:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5 if live else 5.0)
         now = time.monotonic() - start
         p50 = percentiles(tally.latencies[-200:])["p50"]
         print(
-            f"\r  {label}: {min(now, total):4.1f}/{total:.0f}s sent {tally.sent} ok {len(tally.latencies)} "
-            f"errors {sum(tally.errors.values())} recent p50 {p50:.1f} ms   ",
-            end="",
+            ("\r" if live else "") + f"  {label}: {min(now, total):4.1f}/{total:.0f}s sent {tally.sent} "
+            f"ok {len(tally.latencies)} errors {sum(tally.errors.values())} recent p50 {p50:.1f} ms   ",
+            end="" if live else "\n",
             file=stream,
             flush=True,
         )
@@ -232,7 +234,7 @@ def run_levels(
         report = asyncio.run(one(kind, level))
         if stream is not None:
             print(
-                f"\r  {kind} {level:g}: {report.throughput:.1f} req/s, p50 {report.latency_ms['p50']:.1f} ms, "
+                ("\r" if stream.isatty() else "") + f"  {kind} {level:g}: {report.throughput:.1f} req/s, p50 {report.latency_ms['p50']:.1f} ms, "
                 f"p99 {report.latency_ms['p99']:.1f} ms, errors {sum(report.errors.values())}, "
                 f"batch {report.mean_batch_size:.1f}" + " " * 20,
                 file=stream,
