@@ -42,7 +42,7 @@ def plot(path: Path, reports: list[LevelReport], title: str):
         for key, style in (("p50", "-o"), ("p99", "--s")):
             curve.plot(x, [r.latency_ms[key] for r in rows], style, label=f"{mode} loop {key}")
         for r in rows:
-            curve.annotate(f"{'c' if mode == 'closed' else 'λ'}={r.level:g}", (r.throughput, r.latency_ms["p50"]), fontsize=7)
+            curve.annotate(f"{'c' if mode == 'closed' else 'λ'}={r.level:.0f}", (r.throughput, r.latency_ms["p50"]), fontsize=7)
     curve.set_xlabel("throughput (successful requests/s)")
     curve.set_ylabel("latency (ms)")
     curve.set_yscale("log")
@@ -51,7 +51,7 @@ def plot(path: Path, reports: list[LevelReport], title: str):
     curve.grid(True, alpha=0.3)
     for r in reports:
         if r.latencies_ms:
-            label = f"{'c' if r.mode == 'closed' else 'λ'}={r.level:g}"
+            label = f"{'c' if r.mode == 'closed' else 'λ'}={r.level:.0f}"
             hist.hist(r.latencies_ms, bins=40, histtype="step", label=label)
     hist.set_xlabel("latency (ms)")
     hist.set_ylabel("requests")

@@ -94,19 +94,23 @@ def native_requests(draw):
 
 
 @pytest.fixture(scope="module")
-def native_stub(server):
+def channel(server):
     with grpc.insecure_channel(server.target) as channel:
-        yield pb_grpc.CamServeStub(channel)
+        yield channel
+
+
+def assert_documented(rpc, request):
+    try:
+        rpc(request, timeout=20)
+    except grpc.RpcError as err:
+        assert err.code() in DOCUMENTED, f"{err.code()}: {err.details()}"
+        assert err.details(), "every refusal says why"
 
 
 @FUZZ
 @given(request=native_requests())
-def test_native_requests_get_documented_statuses(server, native_stub, request):
-    try:
-        native_stub.Explain(request, timeout=20)
-    except grpc.RpcError as err:
-        assert err.code() in DOCUMENTED, f"{err.code()}: {err.details()}"
-        assert err.details(), "every refusal says why"
+def test_native_requests_get_documented_statuses(channel, request):
+    assert_documented(pb_grpc.CamServeStub(channel).Explain, request)
 
 
 DATATYPES = ["UINT8", "INT32", "INT64", "FP32", "FP64", "BYTES", "BOOL", "FP16", "STRING", ""]
@@ -149,23 +153,14 @@ def kserve_requests(draw):
     return request
 
 
-@pytest.fixture(scope="module")
-def kserve_stub(server):
-    with grpc.insecure_channel(server.target) as channel:
-        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-
 @FUZZ
 @given(request=kserve_requests())
-def test_kserve_requests_get_documented_statuses(server, kserve_stub, request):
-    try:
-        kserve_stub.ModelInfer(request, timeout=20)
-    except grpc.RpcError as err:
-        assert err.code() in DOCUMENTED, f"{err.code()}: {err.details()}"
-        assert err.details()
+def test_kserve_requests_get_documented_statuses(channel, request):
+    assert_documented(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request)
 
 
-def test_server_is_healthy_after_fuzzing(server, native_stub):
+def test_server_is_healthy_after_fuzzing(server, channel):
+    native_stub = pb_grpc.CamServeStub(channel)
     assert server.health() == "SERVING"
     image = pb.Image(raw=pb.RawImage(pixels=bytes(models.SIZE * models.SIZE * 3), height=models.SIZE, width=models.SIZE, channels=3))
     assert native_stub.Explain(pb.ExplainRequest(model="tiny", image=image), timeout=20).explained.index >= 0
