@@ -32,6 +32,7 @@ proto: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/export_throughput.py
 	$(BIN)/python benchmarks/server_throughput.py
+	$(BIN)/python benchmarks/native_vs_kserve.py
 
 # Re-train the bundled demo model (deterministic; the result is committed).
 train-demo: $(INSTALLED)
