@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from camserve.client.loadtest import kserve_sender, native_sender, run_levels
 from camserve.client.report import plot, write_csv, write_json
-from camserve.export.exporter import ExportOptions, export
 from camserve.server.process import ServerProcess
+
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared workload
+from workload import exported, random_images  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -36,9 +36,7 @@ def main():
     results = HERE / "results"
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        path = export(ExportOptions(source=args.source, repo=str(repo), name=args.source, weights=args.weights))
-        height, width = json.loads((path / "assets.extra" / "camserve.json").read_text())["input_size"]
-        images = list(np.random.default_rng(0).integers(0, 256, (16, height, width, 3), dtype=np.uint8))
+        images = random_images(exported(args.source, repo, args.source, args.weights), 16)
         server = ServerProcess(repo, Path(tmp) / "server.log")
         try:
             server.wait_for("SERVING", timeout=600)

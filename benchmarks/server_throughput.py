@@ -24,8 +24,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from camserve.client.loadtest import native_sender, run_levels  # noqa: E402
-from camserve.export.exporter import ExportOptions, export  # noqa: E402
 from camserve.server.process import ServerProcess, free_port  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared workload
+from workload import exported, random_images  # noqa: E402
 
 HERE = Path(__file__).parent
 MODELS = {"demo": ("demo", "imagenet", None), "resnet50": ("resnet50", "none", (224, 224))}
@@ -69,10 +71,8 @@ def drive(name, process: ServerProcess, images, levels, seconds, model):
 def bench_model(name, levels, seconds, workdir: Path):
     src, weights, size = MODELS[name]
     say(f"{name}: export")
-    path = export(ExportOptions(source=src, repo=str(workdir / "repo"), name=name, weights=weights, input_size=size))
-    meta = json.loads((path / "assets.extra" / "camserve.json").read_text())
-    height, width = meta["input_size"]
-    images = np.random.default_rng(0).integers(0, 256, (8, height, width, 3), dtype=np.uint8)
+    path = exported(src, workdir / "repo", name, weights, size)
+    images = np.stack(random_images(path, 8))
     say(f"{name}: in-process")
     best, batch1_ms = in_process(path, images)
     rows = []

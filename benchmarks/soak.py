@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from camserve.client.loadtest import closed_loop, native_sender
-from camserve.export.exporter import ExportOptions, export
 from camserve.server.process import ServerProcess
+
+sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared workload
+from workload import exported, random_images  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -42,9 +44,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        path = export(ExportOptions(source=args.source, repo=str(repo), name="soak", weights=args.weights))
-        height, width = json.loads((path / "assets.extra" / "camserve.json").read_text())["input_size"]
-        images = list(np.random.default_rng(0).integers(0, 256, (16, height, width, 3), dtype=np.uint8))
+        images = random_images(exported(args.source, repo, "soak", args.weights), 16)
         server = ServerProcess(repo, Path(tmp) / "server.log")
         server.wait_for("SERVING", timeout=600)
         samples, stop = [], threading.Event()
