@@ -24,15 +24,24 @@ def test_library_closed_and_open_loop_account_for_every_request(server):
     assert 20 <= reports[2].sent <= 70, "about 40 Poisson arrivals in one second"
 
 
-def test_cli_over_kserve_writes_json_csv_and_plot(server, tmp_path):
-    """In a child process: KServe stubs and tritonclient's share a proto package."""
+def test_cli_over_kserve_with_a_folder_of_images_writes_json_csv_and_plot(server, tmp_path):
+    """In a child process: KServe stubs and tritonclient's share a proto package.
+    Images from a folder travel encoded, as KServe `image_bytes`."""
+    import cv2
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(np.random.default_rng(1).integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)):
+        cv2.imwrite(str(folder / f"{i}.png"), image)
     out = tmp_path / "lt"
     command = [sys.executable, "-m", "camserve", "loadtest", "--target", server.target, "--api", "kserve", "--model", "tiny"]
+    command += ["--images", str(folder)]
     command += ["--concurrency", "2", "--rate", "30", "--duration", "1", "--warmup", "0.3", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["api"] == "kserve" and [lvl["mode"] for lvl in report["levels"]] == ["closed", "open"]
+    assert report["api"] == "kserve" and report["images"] == str(folder)
+    assert [lvl["mode"] for lvl in report["levels"]] == ["closed", "open"]
     for level in report["levels"]:
         assert level["succeeded"] + sum(level["errors"].values()) == level["sent"] > 0
         assert level["mean_batch_size"] >= 1  # from the model statistics
