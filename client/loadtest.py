@@ -1,8 +1,8 @@
 """Load generation against a camserve server, over the native API or KServe v2;
 usable as a library:
 
-    senders = native_sender("localhost:8500", model="shapes")
-    report = run_levels(senders, images, closed=[1, 8, 32], duration=10)
+    sender = functools.partial(native_sender, "localhost:8500", model="shapes")
+    reports = run_levels(sender, images, closed=[1, 8, 32], rates=[100], duration=10)
 
 Closed loop: `concurrency` callers each send their next request as soon as the
 previous one answers. Open loop: requests arrive at `rate` per second with

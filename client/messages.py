@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from camserve import geometry
@@ -116,8 +117,6 @@ def _prediction(c: pb.Class) -> Prediction:
 
 def explanation(response: pb.ExplainResponse, index: int | None = None) -> Explanation:
     if response.HasField("error"):
-        import grpc
-
         code = next((c.name for c in grpc.StatusCode if c.value[0] == response.error.code), str(response.error.code))
         return Explanation(id=response.id, error=(code, response.error.message), index=index)
     hm = response.heatmap

@@ -28,7 +28,7 @@ from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, abort, as_request_error, invalid
 from .handler import Handler, deadline
-from .models import AVAILABLE, Registry, ServedModel
+from .models import Registry, ServedModel
 from .streams import completion_order
 from .tensors import decode_inputs, encode_output
 
@@ -73,7 +73,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         model = self.registry.find(request.name, _version(request.version))
-        return kpb.ModelReadyResponse(ready=bool(model) and model.state == AVAILABLE and self.registry.ready)
+        return kpb.ModelReadyResponse(ready=model is not None and self.registry.ready)
 
     async def ServerMetadata(self, request, context):
         return kpb.ServerMetadataResponse(name="camserve", version=camserve.__version__, extensions=["statistics"])

@@ -1,6 +1,6 @@
-"""The models a server holds: each is the newest (or a named) version of a
-repository entry, loaded as a SavedModel, warmed up at every batch size of its
-ladder, and fed by its own batcher."""
+"""The models a server holds: each version is a repository entry loaded as a
+SavedModel, warmed up at every batch size of its ladder, and fed by its own
+batcher; the registry says which version a request runs on."""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ from .statistics import ModelStats
 
 log = logging.getLogger("camserve.models")
 
-LOADING, AVAILABLE = "LOADING", "AVAILABLE"
-
-
 class ServedModel:
     def __init__(self, path: Path, device: str, options: BatchingOptions, metrics=None):
         self.path = Path(path)
@@ -32,7 +29,6 @@ class ServedModel:
         self.name = self.path.parent.name
         self.version = int(self.path.name)
         self.device = device
-        self.state = LOADING
         self.height, self.width = self.metadata["input_size"]
         self.num_classes = int(self.metadata["num_classes"])
         self.methods = list(self.metadata["methods"])
@@ -61,15 +57,14 @@ class ServedModel:
                 np.zeros(size, np.int32),
             )
             say(f"warm-up {self.name} v{self.version}: batch {size} compiled in {time.perf_counter() - started:.1f}s")
-        self.state = AVAILABLE
 
     def close(self):
         self._executor.shutdown(wait=True)
 
 
 class Registry:
-    """Every loaded version of every model; requests get the newest available
-    version unless they name one."""
+    """Every loaded version of every model; requests get the newest version
+    unless they name one. A version enters only once it is warmed up."""
 
     def __init__(self):
         self.versions: dict[str, dict[int, ServedModel]] = {}
@@ -95,8 +90,7 @@ class Registry:
         loaded = self.versions.get(name) or {}
         if version:
             return loaded.get(version)
-        available = [v for v, m in loaded.items() if m.state == AVAILABLE]
-        return loaded[max(available)] if available else None
+        return loaded[max(loaded)] if loaded else None
 
     def get(self, name: str, version: int = 0) -> ServedModel:
         """The model a request runs on, or the status that says why there is none."""
@@ -113,6 +107,6 @@ class Registry:
         if model is None and version:
             loaded = ", ".join(map(str, sorted(self.versions[name]))) or "none"
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not loaded (loaded: {loaded})")
-        if model is None or model.state != AVAILABLE:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} is still warming up")
+        if model is None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} has no version loaded yet")
         return model

@@ -29,7 +29,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         num_classes=model.num_classes,
         device=model.device,
         batch_sizes=list(model.batcher.ladder),
-        state=model.state,
+        state="AVAILABLE",  # only warmed-up versions are in the registry
         tensorflow=meta.get("tensorflow", ""),
         keras=meta.get("keras", ""),
     )
