@@ -35,9 +35,10 @@ def _chain(*fns):
     return run
 
 
-def functional(dtype="float32", end="dense_softmax"):
+def functional(dtype="float32", end="dense_softmax", size=(SIZE, SIZE)):
     """Residual CNN, target = the Activation after the Add (post-activation),
-    GAP + Dense head; ends in Dense(softmax) or Dense + a separate Softmax layer."""
+    GAP + Dense head; ends in Dense(softmax) or Dense + a separate Softmax layer.
+    `size` (H, W) may be non-square."""
     conv1 = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1", dtype=dtype)
     pool = layers.MaxPooling2D(name="pool", dtype=dtype)
     conv2 = layers.Conv2D(8, 3, padding="same", name="conv2", dtype=dtype)
@@ -47,7 +48,7 @@ def functional(dtype="float32", end="dense_softmax"):
     activation = "softmax" if end == "dense_softmax" else None
     dense = layers.Dense(CLASSES, activation=activation, name="dense", dtype=dtype)
 
-    inputs = keras.Input((SIZE, SIZE, 3), dtype=dtype)
+    inputs = keras.Input((*size, 3), dtype=dtype)
     h = pool(conv1(inputs))
     a = relu(add([h, conv2(h)]))
     out = dense(gap(a))
@@ -111,6 +112,8 @@ BUILDERS = {
     "nested": nested,
     "softmax_layer": lambda dtype="float32": functional(dtype, end="softmax_layer"),
     "nested_backbone_target": lambda dtype="float32": nested(dtype, target="vgg.block2_conv2"),
+    "wide": lambda dtype="float32": functional(dtype, size=(48, 96)),
+    "tall": lambda dtype="float32": functional(dtype, size=(96, 48)),
 }
 
 

@@ -44,7 +44,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("id", "model", "version", "image", "class_index", "method", "top_k", "heatmap_type", "heatmap_original_size", "resize", "return_scores")
+    __slots__ = ("id", "model", "version", "image", "class_index", "method", "top_k", "heatmap_type", "heatmap_original_size", "resize", "return_scores", "timeout_ms", "background")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class ExplainRequest(_message.Message):
     HEATMAP_ORIGINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     RETURN_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     version: int
@@ -67,7 +69,9 @@ class ExplainRequest(_message.Message):
     heatmap_original_size: bool
     resize: ResizeMode
     return_scores: bool
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: bool = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: bool = ...) -> None: ...
+    timeout_ms: int
+    background: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: bool = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: bool = ..., timeout_ms: _Optional[int] = ..., background: _Optional[int] = ...) -> None: ...
 
 class Class(_message.Message):
     __slots__ = ("index", "label", "probability", "logit")
@@ -178,7 +182,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_height", "input_width", "preprocess", "target_layer", "feature_height", "feature_width", "methods", "classes", "num_classes", "device", "batch_sizes", "state", "tensorflow", "keras")
+    __slots__ = ("name", "version", "input_height", "input_width", "preprocess", "target_layer", "feature_height", "feature_width", "methods", "classes", "num_classes", "device", "batch_sizes", "state", "tensorflow", "keras", "head")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +199,7 @@ class ModelInfo(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     TENSORFLOW_FIELD_NUMBER: _ClassVar[int]
     KERAS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     input_height: int
@@ -211,4 +216,5 @@ class ModelInfo(_message.Message):
     state: str
     tensorflow: str
     keras: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., preprocess: _Optional[str] = ..., target_layer: _Optional[str] = ..., feature_height: _Optional[int] = ..., feature_width: _Optional[int] = ..., methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., num_classes: _Optional[int] = ..., device: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., tensorflow: _Optional[str] = ..., keras: _Optional[str] = ...) -> None: ...
+    head: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., preprocess: _Optional[str] = ..., target_layer: _Optional[str] = ..., feature_height: _Optional[int] = ..., feature_width: _Optional[int] = ..., methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., num_classes: _Optional[int] = ..., device: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., tensorflow: _Optional[str] = ..., keras: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
