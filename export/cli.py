@@ -18,7 +18,7 @@ def _size(text: str):
 
 def add_parser(subparsers):
     p = subparsers.add_parser("export", help="Keras model -> XLA-compiled SavedModel with Grad-CAM")
-    p.add_argument("source", help="a .keras/.h5 file, a keras.applications name (resnet50, ...), or 'demo'")
+    p.add_argument("source", help="a .keras/.h5/.hdf5 file, a keras.applications name (resnet50, ...), or 'demo'")
     p.add_argument("--repo", required=True, help="model repository folder")
     p.add_argument("--name", required=True, help="model name in the repository")
     p.add_argument("--version", type=int, help="version to write (default: one more than the highest)")
@@ -28,6 +28,12 @@ def add_parser(subparsers):
     p.add_argument("--weights", default="imagenet", help="for applications: imagenet, none, or a weights file")
     p.add_argument("--input-size", type=_size, help="HxW, required when the model's input size is open")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the float64 comparison")
+    p.add_argument(
+        "--head",
+        choices=["softmax", "sigmoid", "binary", "linear"],
+        help="what the last layer computes (default: recognised from the model; see README, Heads)",
+    )
+    p.add_argument("--custom-objects", help="module or .py file to import before loading (registered custom layers)")
     p.set_defaults(run=run)
 
 

@@ -13,11 +13,11 @@ import tensorflow as tf
 
 from camserve.progress import Steps
 
-from . import graph, repository, source
+from . import graph, heads, repository, source
 from .explainer import Explainer
 from .methods import NAMES
 from .module import CamModule
-from .preprocess import MODES
+from .preprocess import MODES, preprocess
 from .verify import TOLERANCE, VerificationError, sample_inputs, verify
 
 
@@ -37,6 +37,8 @@ class ExportOptions:
     weights: str = "imagenet"
     input_size: tuple[int, int] | None = None
     verify: bool = True
+    head: str | None = None  # None: recognised from the last layer
+    custom_objects: str | None = None  # a module (or .py file) imported before loading
 
 
 def _input_geometry(model, requested):
@@ -84,13 +86,16 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
     steps = steps or Steps(6)
     version = _publishable_version(opts)
     with steps.step(f"build {opts.source}"):
-        src = source.load(opts.source, opts.weights, opts.input_size)
+        src = source.load(opts.source, opts.weights, opts.input_size, opts.custom_objects)
         mode = _preprocess_mode(opts, src)
         input_size, channels = _input_geometry(src.model, opts.input_size)
         target = graph.resolve_target(src.model, opts.layer)
-        explainer = Explainer(graph.split(src.model, target, strip_softmax=True), mode, channels)
+        head = graph.head(src.model, opts.head)
+        explainer = Explainer(graph.split(src.model, target, True, opts.head), mode, channels, head.kind)
         module = CamModule(src.model, explainer, input_size)
         steps.say(f"      target layer {'.'.join(target)}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
+        read = "the scores before" if head.stripped else "the output of"
+        steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")
 
     with steps.step("trace signatures"):
         signatures = module.signatures()
@@ -100,10 +105,12 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         classes = _classes(opts, src, num_classes)
         steps.say(f"      {num_classes} classes, feature map {feature_size[0]}x{feature_size[1]}")
 
-    with steps.step("compile with XLA"):
-        images, class_index, method = sample_inputs(input_size, num_classes, count=1)
-        module.explain(images, class_index, method)
+    with steps.step("compile with XLA, compare with the model's own outputs"):
+        images, class_index, method = sample_inputs(input_size, num_classes)
+        outputs = module.explain(images, class_index, method)
         module.predict(images)
+        original = src.model(preprocess(images, mode, channels), training=False)
+        heads.check_outputs(head.kind, head.stripped, head.forced, outputs, original, head.where)
 
     staging = repository.staging_dir(opts.repo, opts.name, version)
     shutil.rmtree(staging, ignore_errors=True)
@@ -115,6 +122,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
             "input_size": list(input_size),
             "input_channels": channels,
             "preprocess": mode,
+            "head": head.kind,
             "target_layer": ".".join(target),
             "feature_size": feature_size,
             "num_classes": num_classes,
@@ -129,7 +137,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
 
     with steps.step("verify against a float64 reference"):
         if opts.verify:
-            _check(staging, src.model, target, mode, channels, input_size, steps)
+            _check(staging, src.model, target, mode, channels, input_size, opts.head, steps)
         else:
             steps.say("      skipped (--no-verify)")
 
@@ -139,9 +147,9 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
     return final
 
 
-def _check(staging, model, target, mode, channels, input_size, steps):
+def _check(staging, model, target, mode, channels, input_size, head, steps):
     try:
-        report = verify(staging, model, target, mode, channels, input_size)
+        report = verify(staging, model, target, mode, channels, input_size, head)
     except VerificationError:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -5,9 +5,10 @@ A target inside a nested model (a backbone used as a layer, a Sequential head)
 cannot be reached by a sub-model of the outer graph (Keras calls it
 disconnected), so the graph is split there instead: pre = the outer graph up to
 the nested model, the nested model is split recursively, post = the outer graph
-after it. A trailing softmax (Dense activation, Softmax or Activation layer, also
-inside a nested head) is skipped by reading the tensor before it, so gradients
-and logits come from pre-softmax scores without mutating the user's model.
+after it. A trailing softmax or sigmoid (however it is written, see heads.py;
+also inside a nested head model) is skipped by reading the tensor before it, so
+gradients and logits come from the scores before it; a layer's own activation
+is left out only for the duration of the call that computes those scores.
 
 Node lookups use Keras 3 internals (`_inbound_nodes`, `_nodes`); keras is pinned.
 """
@@ -19,6 +20,8 @@ from typing import Callable
 
 import keras
 from keras.src.ops.function import make_node_key
+
+from . import heads
 
 
 class TargetLayerError(ValueError):
@@ -131,44 +134,77 @@ def _layer_at(model, path):
     return model
 
 
-def _is_softmax(activation) -> bool:
-    return getattr(activation, "__name__", None) == "softmax"
-
-
 @dataclass
-class _Head:
-    """How the logits of a graph are read: a tensor of the graph and what to apply after it."""
+class Head:
+    """Where a graph's logits are read, and what its last op means (heads.py):
+    the head's scores are apply(value of `tensor`)."""
 
+    kind: str
     tensor: object
     apply: Callable
+    stripped: bool  # the last op was left out to reach the scores before it
+    where: str  # the last op, as a dotted path
+    forced: bool = False  # the kind came from --head
 
 
 def _identity(x):
     return x
 
 
-def _logits_head(model) -> _Head:
-    """Where `model`'s pre-softmax scores are: its output, or the input of a trailing softmax."""
+def _without_activation(layer):
+    """The layer's output before its activation, computed with its own weights."""
+
+    def pre_activation(h):
+        activation = layer.activation
+        layer.activation = keras.activations.linear
+        try:
+            return layer(h)
+        finally:
+            layer.activation = activation
+
+    return pre_activation
+
+
+def head(model, override: str | None = None) -> Head:
+    """The head of `model`: its last op, looked through trailing identities
+    (a float32 cast for mixed precision) and into a nested head model."""
     out = _single(model.outputs, f"model {model.name!r} output")
-    last = out._keras_history.operation
-    node = _node(model, last)
-    last_in = _single(node.input_tensors, f"layer {last.name!r} input")
-    if isinstance(last, keras.layers.Softmax) or (
-        isinstance(last, keras.layers.Activation) and _is_softmax(last.activation)
-    ):
-        return _Head(last_in, _identity)
-    if isinstance(last, keras.layers.Dense) and _is_softmax(last.activation):
-        return _Head(last_in, lambda h: _dense_linear(last, h))
-    if _is_model(last):
-        inner = split(last, (), strip_softmax=True)
-        return _Head(last_in, lambda h: inner(h)[0])
-    return _Head(out, _identity)
-
-
-def _dense_linear(dense, h):
-    """The Dense layer's affine part, i.e. its output before the softmax."""
-    z = keras.ops.matmul(h, keras.ops.cast(dense.kernel, h.dtype))
-    return z + keras.ops.cast(dense.bias, h.dtype) if dense.use_bias else z
+    if len(out.shape) != 2:
+        raise heads.HeadError(
+            f"model {model.name!r} outputs {list(out.shape)}; camserve explains classifiers whose output is [N, classes]"
+        )
+    width, tensor = int(out.shape[-1]), out
+    while True:
+        op = tensor._keras_history.operation
+        if isinstance(op, keras.layers.InputLayer):
+            kind, _ = heads.decide(heads.OTHER, override, width, op.name)
+            return Head(kind, out, _identity, False, op.name, bool(override))
+        inputs = _node(model, op).input_tensors
+        if _is_model(op):
+            inner = head(op, override)
+            body = _submodel(_single(op.inputs, f"model {op.name!r} input"), [inner.tensor])
+            return Head(
+                inner.kind,
+                _single(inputs, f"layer {op.name!r} input"),
+                lambda h: inner.apply(body(h, training=False)),
+                inner.stripped,
+                f"{op.name}.{inner.where}",
+                inner.forced,
+            )
+        # A layer with an activation (Dense, Conv) is stripped of it; any other op is the activation.
+        whole = isinstance(op, keras.layers.Activation) or not callable(getattr(op, "activation", None))
+        if len(inputs) != 1:
+            found = heads.OTHER
+        else:
+            activation, scores = (op, inputs[0]) if whole else (op.activation, tensor)
+            found = heads.probe(activation, tuple(scores.shape[1:]), scores.dtype)
+        if whole and found == heads.IDENTITY:
+            tensor = inputs[0]
+            continue
+        kind, strip = heads.decide(found, override, width, op.name)
+        if not strip:
+            return Head(kind, out, _identity, False, op.name, bool(override))
+        return Head(kind, inputs[0], _identity if whole else _without_activation(op), True, op.name, bool(override))
 
 
 def _submodel(inputs, outputs):
@@ -181,26 +217,28 @@ def _submodel(inputs, outputs):
 Forward = Callable[..., tuple]
 
 
-def split(model, path: tuple[str, ...], strip_softmax: bool) -> Forward:
-    """forward(x) -> (y, activations): y is the model's output, or its logits when
-    strip_softmax; activations is the target layer's output (None when path is empty).
-    Everything runs in inference mode in one pass, so the activations are an
-    intermediate tensor that gradients of y can be taken against."""
+def split(model, path: tuple[str, ...], to_scores: bool, override: str | None = None) -> Forward:
+    """forward(x) -> (y, activations): y is the model's output, or its head's scores
+    (before a softmax or sigmoid) when to_scores; activations is the target layer's
+    output (None when path is empty). Everything runs in inference mode in one
+    pass, so the activations are an intermediate tensor that gradients of y can
+    be taken against."""
     model_in = _single(model.inputs, f"model {model.name!r} input")
-    head = _logits_head(model) if strip_softmax else _Head(_single(model.outputs, "output"), _identity)
+    out = _single(model.outputs, "output")
+    top = head(model, override) if to_scores else Head("linear", out, _identity, False, out.name)
     if not path:
-        body = _submodel(model_in, [head.tensor])
-        return lambda x: (head.apply(body(x, training=False)), None)
+        body = _submodel(model_in, [top.tensor])
+        return lambda x: (top.apply(body(x, training=False)), None)
 
     layer = model.get_layer(path[0])
     node = _node(model, layer)
     if len(path) == 1:
         target = _single(node.output_tensors, f"layer {layer.name!r} output")
-        body = keras.Model(model_in, [head.tensor, target])
+        body = keras.Model(model_in, [top.tensor, target])
 
         def forward(x):
             y, activations = body(x, training=False)
-            return head.apply(y), activations
+            return top.apply(y), activations
 
         return forward
 
@@ -208,14 +246,13 @@ def split(model, path: tuple[str, ...], strip_softmax: bool) -> Forward:
     layer_in = _single(node.input_tensors, f"layer {layer.name!r} input")
     layer_out = _single(node.output_tensors, f"layer {layer.name!r} output")
     pre = _submodel(model_in, [layer_in])
-    last = _single(model.outputs, "output")._keras_history.operation
-    if layer is last and strip_softmax:
-        inner = split(layer, path[1:], strip_softmax=True)
+    if layer is out._keras_history.operation and to_scores:
+        inner = split(layer, path[1:], True, override)
         return lambda x: inner(pre(x, training=False))
 
-    inner = split(layer, path[1:], strip_softmax=False)
+    inner = split(layer, path[1:], False)
     try:
-        post = _submodel(layer_out, [head.tensor])
+        post = _submodel(layer_out, [top.tensor])
     except ValueError as err:
         raise TargetLayerError(
             f"cannot split {model.name!r} at nested model {layer.name!r}: the rest of the graph also reads "
@@ -224,6 +261,6 @@ def split(model, path: tuple[str, ...], strip_softmax: bool) -> Forward:
 
     def forward(x):
         y, activations = inner(pre(x, training=False))
-        return head.apply(post(y, training=False)), activations
+        return top.apply(post(y, training=False)), activations
 
     return forward

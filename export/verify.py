@@ -10,8 +10,10 @@ import numpy as np
 import tensorflow as tf
 
 from .explainer import Explainer
+from .graph import head as find_head
 from .graph import split
 from .methods import METHODS
+from .source import COMPATIBILITY
 
 # float32 arithmetic through a deep network, relative to the output's magnitude.
 TOLERANCE = 1e-4
@@ -36,7 +38,8 @@ def _float64_config(config):
 
 def as_float64(model: keras.Model) -> keras.Model:
     config = _float64_config(keras.saving.serialize_keras_object(model))
-    twin = keras.saving.deserialize_keras_object(config)
+    with keras.saving.custom_object_scope(COMPATIBILITY):
+        twin = keras.saving.deserialize_keras_object(config)
     twin.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
     return twin
 
@@ -67,13 +70,16 @@ def _relative_error(got, want) -> float:
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
 
 
-def verify(saved_model_dir, model, target_path, preprocess_mode, channels, input_size) -> Report:
+def verify(saved_model_dir, model, target_path, preprocess_mode, channels, input_size, head=None) -> Report:
+    """`head` is the --head override, if any."""
     explain = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
     num_classes = int(explain.structured_outputs["logits"].shape[-1])
     images, class_index, method = sample_inputs(input_size, num_classes)
     got = {k: v.numpy() for k, v in explain(images=images, class_index=class_index, method=method).items()}
 
-    reference = Explainer(split(as_float64(model), target_path, True), preprocess_mode, channels, tf.float64)
+    twin = as_float64(model)
+    forward = split(twin, target_path, True, head)
+    reference = Explainer(forward, preprocess_mode, channels, find_head(twin, head).kind, tf.float64)
     want = {k: v.numpy() for k, v in reference.explain(images, class_index, method).items()}
     if not np.array_equal(got["class_index"], want["class_index"]):
         # Near-ties in top-1 can flip between float32 and float64; say so rather than compare maps of other classes.

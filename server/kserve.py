@@ -126,6 +126,14 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                     preferred_batch_size=list(model.batcher.ladder),
                     max_queue_delay_microseconds=int(options.batch_timeout * 1e6),
                 ),
+                parameters={
+                    name: kpb.ModelParameter(string_value=value)
+                    for name, value in (
+                        ("head", model.head),
+                        ("target_layer", model.metadata["target_layer"]),
+                        ("methods", ",".join(model.methods)),
+                    )
+                },
             )
         )
 

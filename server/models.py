@@ -33,6 +33,7 @@ class ServedModel:
         self.num_classes = int(self.metadata["num_classes"])
         self.methods = list(self.metadata["methods"])
         self.classes = self.metadata.get("classes") or []
+        self.head = self.metadata.get("head", "softmax")  # exports before heads had softmax only
         # One thread runs the model: the device does one batch at a time anyway.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
         with tf.device(device):

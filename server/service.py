@@ -32,6 +32,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         state="AVAILABLE",  # only warmed-up versions are in the registry
         tensorflow=meta.get("tensorflow", ""),
         keras=meta.get("keras", ""),
+        head=model.head,
     )
 
 

@@ -22,9 +22,16 @@ def method_weights(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
     raise ValueError(name)
 
 
+LUMINANCE = np.array([0.2989, 0.5870, 0.1140])  # ITU-R 601, as tf.image.rgb_to_grayscale
+
+
 def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, scale=1 / 255.0):
-    """Outputs for one uint8 image [H,W,3], model inputs = pixels * scale."""
-    x = tf.constant(pixels[None].astype(np.float64) * scale)
+    """Outputs for one uint8 image [H,W,3], model inputs = pixels * scale
+    (luminance for a 1-channel model)."""
+    x = pixels.astype(np.float64)
+    if test_model.channels == 1:
+        x = (x @ LUMINANCE)[..., None]
+    x = tf.constant(x[None] * scale)
     activations = test_model.features(x)
     with tf.GradientTape() as tape:
         tape.watch(activations)
@@ -36,7 +43,10 @@ def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, s
     cam = np.maximum(a @ method_weights(method, a, g), 0.0)
     peak = cam.max()
     z = logits.numpy()[0]
-    probabilities = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    if test_model.head in ("sigmoid", "binary"):
+        probabilities = 1.0 / (1.0 + np.exp(-z))
+    else:
+        probabilities = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     return {
         "logits": z,
         "probabilities": probabilities,
@@ -46,9 +56,11 @@ def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, s
     }
 
 
-def smooth_images(count: int, size: int, seed: int) -> np.ndarray:
-    """Random images with structure at several scales, uint8 [count,size,size,3]."""
+def smooth_images(count: int, size, seed: int) -> np.ndarray:
+    """Random images with structure at several scales, uint8 [count,H,W,3];
+    size is H = W or (H, W)."""
+    height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, (count, 4, 4, 3))
-    images = tf.image.resize(coarse, (size, size)).numpy() + rng.normal(0, 25, (count, size, size, 3))
+    images = tf.image.resize(coarse, (height, width)).numpy() + rng.normal(0, 25, (count, height, width, 3))
     return np.clip(images, 0, 255).astype(np.uint8)

@@ -6,6 +6,9 @@ import pytest
 from tests import models, reference
 
 KINDS = ["functional", "sequential", "nested", "softmax_layer", "nested_backbone_target"]
+# Heads as users write them, non-square and 1-channel inputs.
+HEADS = ["tf_softmax", "ops_softmax", "softmax_cast", "sigmoid", "ops_sigmoid", "binary", "binary_layer", "relu_logits", "nested_sigmoid"]
+SHAPES = ["wide", "tall", "gray"]
 
 
 def run(saved, images, class_index, method):
@@ -23,17 +26,47 @@ def assert_matches_reference(got, i, want):
     np.testing.assert_allclose(got["heatmap_scale"][i], want["heatmap_scale"], rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+def classes_to_explain(test_model):
+    """Top-1, the first, the last and a middle class (binary: both, negative and positive)."""
+    n = test_model.num_classes
+    return [-1, 0, n - 1, n // 2]
+
+
+@pytest.mark.parametrize("kind", KINDS + HEADS + SHAPES)
 @pytest.mark.parametrize("method", range(len(reference.METHODS)), ids=reference.METHODS)
 def test_heatmaps_equal_float64_reference(exports, kind, method):
-    _, saved, _, model64 = exports.get(kind)
-    images = reference.smooth_images(4, models.SIZE, seed=10 + method)
-    class_index = [-1, 0, models.CLASSES - 1, 2]
+    _, saved, model32, model64 = exports.get(kind)
+    images = reference.smooth_images(4, model32.size, seed=10 + method)
+    class_index = classes_to_explain(model32)
     got = run(saved, images, class_index, [method] * 4)
     wants = [reference.explain_one(model64, images[i], class_index[i], reference.METHODS[method]) for i in range(4)]
     assert sum(w["heatmap_scale"] > 0 for w in wants) >= 2, "empty maps prove little: change the test images"
     for i, want in enumerate(wants):
         assert_matches_reference(got, i, want)
+
+
+@pytest.mark.parametrize("kind", ["functional", "softmax_layer", "nested"] + HEADS + SHAPES)
+def test_probabilities_equal_the_models_own_outputs(exports, kind):
+    """The original Keras model (float32, not camserve's graph surgery) against the
+    export, in the head's contract: softmax/sigmoid outputs are the probabilities,
+    a binary model's p is the positive class's, a linear head's output the logits."""
+    _, saved, model32, _ = exports.get(kind)
+    images = reference.smooth_images(6, model32.size, seed=20)
+    got = run(saved, images, [-1] * 6, [0] * 6)
+    x = images.astype(np.float32) / 255.0
+    if model32.channels == 1:
+        x = (x @ reference.LUMINANCE.astype(np.float32))[..., None]
+    own = model32.model(x, training=False).numpy()
+    if model32.head == "binary":
+        np.testing.assert_allclose(got["probabilities"], np.concatenate([1 - own, own], axis=1), rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(got["class_index"], (own[:, 0] > 0.5).astype(np.int32))
+    elif model32.head == "linear":
+        np.testing.assert_allclose(got["logits"], own, rtol=1e-4, atol=1e-5)
+    else:
+        np.testing.assert_allclose(got["probabilities"], own, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(got["class_index"], own.argmax(axis=1))
+    if model32.head == "sigmoid":
+        assert not np.allclose(got["probabilities"].sum(axis=1), 1.0), "multi-label probabilities are per class"
 
 
 def test_metadata_records_the_target_and_methods(exports):
@@ -46,6 +79,12 @@ def test_metadata_records_the_target_and_methods(exports):
         assert meta["methods"] == list(reference.METHODS)
         assert meta["input_size"] == [models.SIZE, models.SIZE]
         assert meta["num_classes"] == models.CLASSES
+        assert meta["head"] == "softmax"
+    for kind in HEADS + SHAPES:
+        path, _, model32, _ = exports.get(kind)
+        meta = read_metadata(path)
+        assert (meta["head"], meta["num_classes"]) == (model32.head, model32.num_classes)
+        assert meta["input_size"] == list(model32.size) and meta["input_channels"] == model32.channels
 
 
 def test_batch_independence(exports):

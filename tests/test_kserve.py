@@ -59,6 +59,8 @@ def test_liveness_readiness_and_metadata(kserve):
     assert outputs["heatmap"] == ("FP32", [-1, 16, 16]) and outputs["logits"] == ("FP32", [-1, models.CLASSES])
     config = kserve.get_model_config("tiny").config
     assert config.max_batch_size == 8 and list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4, 8]
+    assert config.parameters["head"].string_value == "softmax"
+    assert config.parameters["target_layer"].string_value == "block_out"
     assert [(i.name, list(i.dims), i.optional) for i in config.input] == [
         ("images", [SIZE, SIZE, 3], False),
         ("class_index", [1], True),

@@ -262,7 +262,7 @@ def test_model_metadata_and_reflection(client, server):
     info = client.get_model("tiny")
     assert (info.input_height, info.input_width, info.num_classes) == (SIZE, SIZE, models.CLASSES)
     assert list(info.methods) == ["gradcam", "gradcam++", "guided"] and info.device.endswith("CPU:0")
-    assert list(info.batch_sizes) == [1, 2, 4, 8] and info.state == "AVAILABLE"
+    assert list(info.batch_sizes) == [1, 2, 4, 8] and info.state == "AVAILABLE" and info.head == "softmax"
     with pytest.raises(grpc.RpcError) as err:
         client.get_model("nope")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,135 @@
+"""What a classifier's last operation means, and the outputs that follow from it.
+
+    softmax  logits = the scores before the softmax; probabilities = softmax(logits)
+    sigmoid  multi-label: logits before the sigmoid; probabilities = sigmoid(logits) per class
+    binary   one sigmoid unit z read as two classes: logits [-z, z], probabilities [1-p, p]
+    linear   the output is explained as it is; probabilities = softmax(output)
+
+The last operation is recognised by what it computes, not by its name: its
+activation (a layer's `activation`, or the whole op for an Activation, Softmax
+or Lambda layer or a keras.ops call) is run on random scores and compared with
+softmax, sigmoid and the identity. So `tf.nn.softmax`, `keras.ops.sigmoid` and
+`Activation("softmax")` are the same head, and an op that normalises some other
+way (a temperature, a hard sigmoid, a log-softmax) is refused rather than
+explained through with wrong numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+KINDS = ("softmax", "sigmoid", "binary", "linear")
+SIGMOID_KINDS = ("sigmoid", "binary")
+
+# What a probe finds an operation computes.
+SOFTMAX, SIGMOID, IDENTITY, NORMALISING, OTHER = "softmax", "sigmoid", "identity", "normalising", "other"
+
+# float32 through a deep network, relative to the larger of 1 and the output's magnitude.
+TOLERANCE = 1e-4
+
+
+class HeadError(ValueError):
+    """The last layer cannot be read as a head; the message says what to pass."""
+
+
+def probe(fn, shape, dtype) -> str:
+    """What fn computes on scores of `shape` (without the batch axis)."""
+    z = np.random.default_rng(0).normal(0.0, 4.0, (4, *shape)).astype(dtype)
+    try:
+        y = np.asarray(fn(tf.constant(z)), np.float64)
+    except Exception:  # noqa: BLE001 - an op that cannot run alone is no activation
+        return OTHER
+    if y.shape != z.shape:
+        return OTHER
+    z = z.astype(np.float64)
+
+    def close(want):
+        return np.allclose(y, want, rtol=1e-4, atol=1e-6)
+
+    exp = np.exp(z - z.max(axis=-1, keepdims=True))
+    if close(z):
+        return IDENTITY
+    if close(exp / exp.sum(axis=-1, keepdims=True)):
+        return SOFTMAX
+    if close(1.0 / (1.0 + np.exp(-z))):
+        return SIGMOID
+    in_unit_range = y.min() >= -1e-6 and y.max() <= 1.0 + 1e-6
+    log_normalised = np.allclose(np.exp(y).sum(axis=-1), 1.0, rtol=1e-4)
+    return NORMALISING if in_unit_range or log_normalised else OTHER
+
+
+def decide(found: str, override: str | None, width: int, where: str) -> tuple[str, bool]:
+    """(head kind, whether the op is stripped to reach the logits)."""
+    if override:
+        _check_width(override, width)
+        return override, override != "linear" and found in (SOFTMAX, SIGMOID, NORMALISING)
+    if found == SOFTMAX:
+        if width == 1:
+            raise HeadError(
+                f"the last layer {where!r} is a softmax over one unit, which is always 1.0; "
+                "a one-unit classifier needs a sigmoid (then it exports as --head binary)"
+            )
+        return "softmax", True
+    if found == SIGMOID:
+        return ("binary" if width == 1 else "sigmoid"), True
+    if found == NORMALISING:
+        raise HeadError(
+            f"the last layer {where!r} normalises its input but is neither a softmax nor a sigmoid, "
+            "so its input cannot be taken as logits. Pass --head softmax|sigmoid|binary if it applies that "
+            "function to its input (export then checks it against the model's outputs), or --head linear "
+            "to explain its output as it is"
+        )
+    return "linear", False
+
+
+def _check_width(kind: str, width: int):
+    if kind not in KINDS:
+        raise HeadError(f"--head {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "binary" and width != 1:
+        raise HeadError(f"--head binary needs one output unit; this model has {width}")
+    if kind in ("softmax", "sigmoid") and width == 1:
+        raise HeadError(f"--head {kind} needs several output units; a one-unit sigmoid model is --head binary")
+
+
+def num_classes(kind: str, width: int) -> int:
+    return 2 if kind == "binary" else width
+
+
+def logits(kind: str, scores):
+    """The explained logits from the head's scores [N, units]."""
+    return tf.concat([-scores, scores], axis=-1) if kind == "binary" else scores
+
+
+def probabilities(kind: str, logits):
+    return tf.sigmoid(logits) if kind in SIGMOID_KINDS else tf.nn.softmax(logits)
+
+
+def check_outputs(kind: str, stripped: bool, forced: bool, outputs: dict, original: np.ndarray, where: str):
+    """The exported outputs mean what the model's own outputs mean: its probabilities
+    when the head was stripped, its scores otherwise (binary: the positive class)."""
+    name = "probabilities" if stripped else "logits"
+    got = np.asarray(outputs[name], np.float64)
+    got = got[:, 1:] if kind == "binary" else got
+    original = np.asarray(original, np.float64)
+    error = float(np.max(np.abs(got - original)) / max(1.0, float(np.max(np.abs(original)))))
+    if not error <= TOLERANCE:
+        raise HeadError(
+            f"the exported {name} differ from the model's own outputs by {error:.1e} (relative) with head "
+            f"{kind!r} read at layer {where!r}: that layer does not compute what the head says. "
+            "Pass --head softmax|sigmoid|binary|linear to say what it computes"
+        )
+    if kind == "linear" and not forced and _looks_like_probabilities(original):
+        raise HeadError(
+            f"the model's outputs are probabilities (each row sums to 1), but its last layer {where!r} is not "
+            "a recognised softmax. Pass --head softmax if that layer applies a softmax to its input, or "
+            "--head linear to explain the probabilities as they are"
+        )
+
+
+def _looks_like_probabilities(outputs: np.ndarray) -> bool:
+    return (
+        outputs.shape[-1] > 1
+        and outputs.min() >= 0.0
+        and bool(np.allclose(outputs.sum(axis=-1), 1.0, rtol=1e-5, atol=1e-5))
+    )
