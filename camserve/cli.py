@@ -8,6 +8,9 @@ import sys
 def main(argv=None) -> int:
     # TensorFlow's C++ start-up chatter hides our own progress lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # These modules only declare arguments: what a command needs (TensorFlow for
+    # export and serve) is imported when it runs, so the client commands and every
+    # --help start at once (tests/test_client_startup.py).
     from camserve.client import cli as client_cli
     from camserve.client import loadtest_cli
     from camserve.export import cli as export_cli

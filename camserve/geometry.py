@@ -43,7 +43,8 @@ def fit(image: np.ndarray, height: int, width: int, mode: int = STRETCH) -> tupl
         return _resize(image, width, height), Region(0.0, 0.0, float(w0), float(h0))
     if mode == CENTER_CROP:
         scale = max(width / w0, height / h0)
-        cw, ch = min(w0, round(width / scale)), min(h0, round(height / scale))
+        # At least a pixel: on an image far thinner than the model, the thin side rounds to 0.
+        cw, ch = min(w0, max(1, round(width / scale))), min(h0, max(1, round(height / scale)))
         x0, y0 = (w0 - cw) // 2, (h0 - ch) // 2
         crop = image[y0 : y0 + ch, x0 : x0 + cw]
         return _resize(crop, width, height), Region(float(x0), float(y0), float(x0 + cw), float(y0 + ch))

@@ -1,17 +1,24 @@
-"""`camserve explain IMAGE... --target HOST:PORT --out DIR`: top-k per image
-and an overlay PNG each."""
+"""`camserve explain PATH... --target HOST:PORT --out DIR`: images, and folders
+of images, over one stream; the top-k and an overlay PNG per image as its answer
+arrives, and DIR/results.csv at the end."""
 
 import sys
+import time
 from pathlib import Path
 
+from camserve import colors
+
 from . import connection
+from .client import WINDOW
+
+COLUMNS = ("path", "class", "label", "probability", "heatmap_file", "error")
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("explain", help="explain images with a running server and write overlays")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, metavar="PATH", help="images, and folders searched recursively for them")
     p.add_argument("--target", default="localhost:8500", help="server address HOST:PORT")
-    p.add_argument("--out", required=True, type=Path, help="folder for the overlay PNGs")
+    p.add_argument("--out", required=True, type=Path, help="folder for the overlay PNGs and results.csv")
     p.add_argument("--model", help="model name (default: the server's only model)")
     p.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or guided")
     p.add_argument("--class-index", type=int, help="class to explain (default: top-1)")
@@ -19,7 +26,12 @@ def add_parser(subparsers):
     p.add_argument("--resize", default="stretch", choices=["stretch", "center_crop", "letterbox"])
     p.add_argument("--colormap", default="jet")
     p.add_argument("--alpha", type=float, default=0.4)
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--background", type=colors.rgb, default="FFFFFF", metavar="RRGGBB",
+        help="hex colour under transparent pixels, on the server and in the overlays (default: white)",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds each image may take on the server")
+    p.add_argument("--window", type=int, default=WINDOW, help="images sent ahead of their answers")
     connection.add_arguments(p)
     p.set_defaults(run=run)
 
@@ -28,34 +40,97 @@ def _line(result) -> str:
     return ", ".join(f"{p.label or p.index} {p.probability:.3f}" for p in result.top_k)
 
 
-def run(args) -> int:
+def _write_overlay(path: Path, result, target: Path, args) -> str:
+    """The heatmap drawn over the image as read here; an error message if that fails."""
     import cv2
+
+    from camserve.images import read_rgb
+
+    try:
+        image = read_rgb(path, args.background)  # upright and composited, as the server explained it
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(target), cv2.cvtColor(result.overlay(image, args.colormap, args.alpha), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot write {target}")
+    except (cv2.error, OSError, ValueError) as err:
+        return f"OVERLAY: {err}"
+    return ""
+
+
+def _row(path: Path, result, output: Path, args) -> list:
+    """The image's results.csv row, its overlay written (to `output`_<method>.png);
+    the last column is the error."""
+    if result.error:
+        return [path, "", "", "", "", f"{result.error[0]}: {result.error[1]}"]
+    target = output.with_name(f"{output.name}_{result.method.replace('+', 'p')}.png")
+    error = _write_overlay(path, result, target, args)
+    return [path, result.class_index, result.label, f"{result.probability:.6f}", "" if error else target, error]
+
+
+def run(args) -> int:
+    import csv
+
     import grpc
 
-    from .client import Client
+    from camserve.progress import StatusLine, clock, rate_and_eta
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    missing = [str(p) for p in args.images if not p.is_file()]
+    from .client import Client
+    from .files import image_files, mirrored
+    from .overlay import colormap
+
+    missing = [str(p) for p in args.images if not p.exists()]
     if missing:
-        print(f"camserve explain: no such file: {', '.join(missing)}", file=sys.stderr)
+        print(f"camserve explain: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    options = dict(model=args.model, method=args.method, class_index=args.class_index, top_k=args.top_k, resize=args.resize)
-    failures, total = 0, len(args.images)
+    try:
+        colormap(args.colormap)
+    except ValueError as err:
+        print(f"camserve explain: {err}", file=sys.stderr)
+        return 2
+    files = image_files(args.images, skip=args.out)
+    if not files:
+        print(f"camserve explain: no images in {', '.join(map(str, args.images))}", file=sys.stderr)
+        return 2
+    outputs = mirrored(args.images, files, args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    options = dict(
+        model=args.model, method=args.method, class_index=args.class_index, top_k=args.top_k, resize=args.resize,
+        background=args.background,
+    )
+
+    rows: list[list | None] = [None] * len(files)  # in input order, whatever order answers come in
+    failures, unanswered = 0, "not answered: interrupted"
+    status, started = StatusLine(), time.monotonic()
     try:
         with Client(args.target, timeout=args.timeout, **connection.from_arguments(args)) as client:
-            stream = client.explain_stream(args.images, timeout=args.timeout, **options)
+            stream = client.explain_stream(files, timeout=args.timeout, window=args.window, **options)
             for done, result in enumerate(stream, start=1):
-                path = args.images[result.index]
-                prefix = f"[{done}/{total}] {path.name}"
-                if result.error:
-                    failures += 1
-                    print(f"{prefix}: {result.error[0]}: {result.error[1]}", file=sys.stderr)
-                    continue
-                image = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-                target = args.out / f"{path.stem}_{result.method.replace('+', 'p')}.png"
-                cv2.imwrite(str(target), cv2.cvtColor(result.overlay(image, args.colormap, args.alpha), cv2.COLOR_RGB2BGR))
-                print(f"{prefix}: {_line(result)}  (batch {result.batch_size}, {result.total_ms:.0f} ms) -> {target}")
+                path = files[result.index]
+                rows[result.index] = row = _row(path, result, outputs[result.index], args)
+                failures += bool(row[-1])
+                progress = rate_and_eta(done, len(files), time.monotonic() - started)
+                status.update(f"explain: {done}/{len(files)} images, {failures} failed, {progress}")
+                if row[-1]:
+                    status.print(f"{path}: {row[-1]}", file=sys.stderr)
+                else:
+                    timing = f"(batch {result.batch_size}, {result.total_ms:.0f} ms)"
+                    status.print(f"[{done}/{len(files)}] {path}: {_line(result)}  {timing} -> {row[4]}", file=sys.stdout)
     except grpc.RpcError as err:
-        print(f"camserve explain: {err.code().name}: {err.details()}", file=sys.stderr)
-        return 1
-    return 1 if failures else 0
+        unanswered = f"{err.code().name}: {err.details()}"
+        status.print(f"camserve explain: {unanswered}", file=sys.stderr)
+    except KeyboardInterrupt:
+        status.print("camserve explain: interrupted", file=sys.stderr)
+    finally:
+        status.close()
+        results = args.out / "results.csv"
+        with open(results, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            writer.writerows(row or [path, "", "", "", "", unanswered] for path, row in zip(files, rows))
+    answered = sum(row is not None for row in rows)
+    elapsed = time.monotonic() - started
+    print(
+        f"explained {answered - failures} of {len(files)} images in {clock(elapsed)} ({answered / elapsed:.1f}/s), "
+        f"{len(files) - answered + failures} failed; results in {results}",
+        file=sys.stderr,
+    )
+    return 0 if answered == len(files) and not failures else 1

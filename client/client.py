@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections import deque
 from typing import AsyncIterator, Iterable, Iterator
 
 import grpc
@@ -10,7 +13,10 @@ from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
 from .connection import Connection
-from .messages import Explanation, explanation, request_message
+from .messages import Explanation, explanation, request_message, request_options
+
+WINDOW = 32  # images a stream keeps sent and unanswered
+
 
 class _Base:
     def __init__(self, connection: Connection, model: str | None, timeout: float | None):
@@ -19,9 +25,31 @@ class _Base:
         self.model = model
         self.timeout = timeout
 
+    def _options(self, options: dict) -> pb.ExplainRequest:
+        return request_options(**{**options, "model": options.get("model") or self.model})
+
     def _request(self, image, request_id="", **options) -> pb.ExplainRequest:
-        options["model"] = options.get("model") or self.model
-        return request_message(image, request_id=request_id, **options)
+        return request_message(image, self._options(options), request_id)
+
+    def _stream_options(self, options: dict, timeout: float | None) -> pb.ExplainRequest:
+        return self._options({**options, "timeout": timeout or self.timeout})
+
+
+def _requests(images: Iterable, options: pb.ExplainRequest, failed: deque) -> Iterator[pb.ExplainRequest]:
+    """A request per image, read only when it is about to be sent; an image that
+    cannot be read or turned into a request goes to `failed`, and the stream goes on."""
+    for i, image in enumerate(images):
+        try:
+            yield request_message(image, options, str(i))
+        except OSError as err:
+            failed.append(Explanation(id=str(i), error=("UNREADABLE", str(err)), index=i))
+        except (TypeError, ValueError) as err:  # pixels of the wrong type or shape
+            failed.append(Explanation(id=str(i), error=("INVALID_ARGUMENT", str(err)), index=i))
+
+
+def _drain(failed: deque) -> Iterator[Explanation]:
+    while failed:
+        yield failed.popleft()
 
 
 class Client(_Base):
@@ -47,12 +75,35 @@ class Client(_Base):
         response = self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
         return explanation(response)
 
-    def explain_stream(self, images: Iterable, *, timeout: float | None = None, **options) -> Iterator[Explanation]:
+    def explain_stream(
+        self, images: Iterable, *, timeout: float | None = None, window: int = WINDOW, **options
+    ) -> Iterator[Explanation]:
         """Explanations in completion order; `.index` is the image's position, and
-        a failed image yields an Explanation whose `.error` says why."""
-        requests = (self._request(image, request_id=str(i), **options) for i, image in enumerate(images))
-        for response in self.stub.ExplainStream(requests, timeout=timeout, metadata=self.metadata):
-            yield explanation(response, index=int(response.id))
+        a failed image yields an Explanation whose `.error` says why. At most
+        `window` images are read and sent ahead of their answers; `timeout` is
+        each image's own (default: the client's), the stream has none."""
+        failed: deque[Explanation] = deque()
+        requests = _requests(images, self._stream_options(options, timeout), failed)
+        slots, closed = threading.Semaphore(window), threading.Event()
+
+        def windowed():  # runs on gRPC's sending thread
+            while slots.acquire() and not closed.is_set():
+                request = next(requests, None)
+                if request is None:
+                    return
+                yield request
+
+        responses = self.stub.ExplainStream(windowed(), metadata=self.metadata)
+        try:
+            for response in responses:
+                slots.release()
+                yield from _drain(failed)
+                yield explanation(response, index=int(response.id))
+            yield from _drain(failed)
+        finally:
+            closed.set()
+            slots.release()  # wakes the sending thread so that it sees `closed`
+            responses.cancel()
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata).models)
@@ -82,10 +133,31 @@ class AsyncClient(_Base):
         response = await self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
         return explanation(response)
 
-    async def explain_stream(self, images: Iterable, *, timeout: float | None = None, **options) -> AsyncIterator[Explanation]:
-        requests = (self._request(image, request_id=str(i), **options) for i, image in enumerate(images))
-        async for response in self.stub.ExplainStream(requests, timeout=timeout, metadata=self.metadata):
-            yield explanation(response, index=int(response.id))
+    async def explain_stream(
+        self, images: Iterable, *, timeout: float | None = None, window: int = WINDOW, **options
+    ) -> AsyncIterator[Explanation]:
+        failed: deque[Explanation] = deque()
+        requests = _requests(images, self._stream_options(options, timeout), failed)
+        slots = asyncio.Semaphore(window)
+
+        async def windowed():
+            while await slots.acquire():
+                request = next(requests, None)
+                if request is None:
+                    return
+                yield request
+
+        call = self.stub.ExplainStream(windowed(), metadata=self.metadata)
+        try:
+            async for response in call:
+                slots.release()
+                for failure in _drain(failed):
+                    yield failure
+                yield explanation(response, index=int(response.id))
+            for failure in _drain(failed):
+                yield failure
+        finally:
+            call.cancel()
 
     async def list_models(self) -> list[pb.ModelInfo]:
         return list((await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata)).models)

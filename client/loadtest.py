@@ -24,6 +24,8 @@ from typing import Awaitable, Callable
 import grpc
 import numpy as np
 
+from camserve.progress import StatusLine
+
 from .client import AsyncClient
 from .connection import Connection
 
@@ -157,21 +159,21 @@ class _Tally:
 
 
 async def _progress(tally: _Tally, label: str, start: float, total: float, stream):
-    """A live status line on a terminal; a line every few seconds in a log."""
+    """The level's status line until the level ends (this task is cancelled)."""
     if stream is None:
         return
-    live = stream.isatty()
-    while True:
-        await asyncio.sleep(0.5 if live else 5.0)
-        now = time.monotonic() - start
-        p50 = percentiles(tally.latencies[-200:])["p50"]
-        print(
-            ("\r" if live else "") + f"  {label}: {min(now, total):4.1f}/{total:.0f}s sent {tally.sent} "
-            f"ok {len(tally.latencies)} errors {sum(tally.errors.values())} recent p50 {p50:.1f} ms   ",
-            end="" if live else "\n",
-            file=stream,
-            flush=True,
-        )
+    status = StatusLine(stream)
+    try:
+        while True:
+            await asyncio.sleep(status.every)
+            now = time.monotonic() - start
+            p50 = percentiles(tally.latencies[-200:])["p50"]
+            status.update(
+                f"  {label}: {min(now, total):4.1f}/{total:.0f}s sent {tally.sent} "
+                f"ok {len(tally.latencies)} errors {sum(tally.errors.values())} recent p50 {p50:.1f} ms"
+            )
+    finally:
+        status.close()
 
 
 async def closed_loop(send: Send, images, concurrency: int, duration: float, warmup: float, stream=None) -> LevelReport:
@@ -234,9 +236,9 @@ def run_levels(
         report = asyncio.run(one(kind, level))
         if stream is not None:
             print(
-                ("\r" if stream.isatty() else "") + f"  {kind} {level:g}: {report.throughput:.1f} req/s, p50 {report.latency_ms['p50']:.1f} ms, "
+                f"  {kind} {level:g}: {report.throughput:.1f} req/s, p50 {report.latency_ms['p50']:.1f} ms, "
                 f"p99 {report.latency_ms['p99']:.1f} ms, errors {sum(report.errors.values())}, "
-                f"batch {report.mean_batch_size:.1f}" + " " * 20,
+                f"batch {report.mean_batch_size:.1f}",
                 file=stream,
                 flush=True,
             )

@@ -6,8 +6,7 @@ import time
 from pathlib import Path
 
 from . import connection
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+from .files import image_files
 
 
 def add_parser(subparsers):
@@ -19,7 +18,7 @@ def add_parser(subparsers):
     p.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop levels, requests/s (Poisson arrivals)")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
-    p.add_argument("--images", type=Path, help="a folder of images to send encoded (default: generated pixels)")
+    p.add_argument("--images", type=Path, help="a folder of images (recursively) to send encoded (default: generated pixels)")
     p.add_argument("--generate", type=int, default=16, help="how many random images to generate")
     p.add_argument("--method", default="gradcam", help="native API only")
     p.add_argument("--out", type=Path, default=Path("loadtest"), help="folder for report.json, report.csv, report.png")
@@ -33,7 +32,7 @@ def _images(args, client):
     import numpy as np
 
     if args.images:
-        files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files([args.images]) if args.images.is_dir() else []
         if not files:
             raise SystemExit(f"camserve loadtest: no images in {args.images}")
         return [p.read_bytes() for p in files], args.model

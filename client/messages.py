@@ -3,13 +3,14 @@ Explanations from responses; shared by the blocking and the asyncio client."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from camserve import geometry
+from camserve import colors, geometry, images
 from camserve.v1 import camserve_pb2 as pb
 
 from . import overlay as drawing
@@ -19,7 +20,7 @@ HEATMAP_TYPES = {"float32": pb.HEATMAP_FLOAT32, "uint8": pb.HEATMAP_UINT8}
 
 
 def image_message(image) -> pb.Image:
-    """A path, encoded bytes, or a uint8 array [H,W], [H,W,1|3|4] in RGB(A) order."""
+    """A path, encoded bytes, or a uint8 array [H,W], [H,W,1|2|3|4] in RGB(A) order."""
     if isinstance(image, (str, Path)):
         return pb.Image(encoded=Path(image).read_bytes())
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -35,26 +36,28 @@ def image_message(image) -> pb.Image:
     return pb.Image(raw=pb.RawImage(pixels=np.ascontiguousarray(array).tobytes(), height=height, width=width, channels=channels))
 
 
-def request_message(
-    image,
+def request_options(
     *,
     model=None,
     version=0,
     class_index=None,
-    method="gradcam",
+    method=None,
     top_k=5,
     heatmap_type="float32",
     original_size=False,
     resize="stretch",
     return_scores=False,
-    request_id="",
+    timeout=None,
+    background=None,
 ) -> pb.ExplainRequest:
+    """An ExplainRequest with everything but its image and id, checked once for a
+    whole stream; `timeout` (seconds) becomes the image's own timeout_ms;
+    `background` (0xRRGGBB or (r, g, b); default: the server's) lies under
+    transparent pixels."""
     request = pb.ExplainRequest(
-        id=request_id,
         model=model or "",
         version=version,
-        image=image_message(image),
-        method=method,
+        method=method or "",  # empty: the model's default method
         top_k=top_k,
         heatmap_type=HEATMAP_TYPES[heatmap_type],
         heatmap_original_size=original_size,
@@ -63,6 +66,16 @@ def request_message(
     )
     if class_index is not None:
         request.class_index = class_index
+    if timeout:
+        request.timeout_ms = min(max(1, math.ceil(timeout * 1e3)), 2**32 - 1)
+    if background is not None:
+        request.background = colors.rgb(background)
+    return request
+
+
+def request_message(image, options: pb.ExplainRequest, request_id: str = "") -> pb.ExplainRequest:
+    request = pb.ExplainRequest(id=request_id, image=image_message(image))
+    request.MergeFrom(options)
     return request
 
 
@@ -81,6 +94,7 @@ class Explanation:
     version: int = 0
     class_index: int = -1
     label: str = ""
+    probability: float = 0.0  # of the explained class
     method: str = ""
     top_k: list[Prediction] = field(default_factory=list)
     logits: np.ndarray | None = None  # with return_scores
@@ -93,7 +107,9 @@ class Explanation:
     queue_ms: float = 0.0
     compute_ms: float = 0.0
     total_ms: float = 0.0
-    error: tuple[str, str] | None = None  # (status code name, message), from explain_stream only
+    # From explain_stream only: (status code name, message); the code is UNREADABLE
+    # for a path the client could not read.
+    error: tuple[str, str] | None = None
     index: int | None = None  # the position in the caller's iterable, from explain_stream
 
     def heatmap_at(self, width: int, height: int) -> np.ndarray:
@@ -101,12 +117,10 @@ class Explanation:
         sx, sy = width / self.image_size[1], height / self.image_size[0]
         return geometry.heatmap_to_image(self.heatmap, self.region.scaled(sx, sy), width, height)
 
-    def overlay(self, image, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
-        """RGB uint8 image with the heatmap blended over it."""
-        image = np.asarray(image, np.uint8)
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        image = image[:, :, :3]
+    def overlay(self, image, colormap: str = "jet", alpha: float = 0.4, background=colors.WHITE) -> np.ndarray:
+        """RGB uint8 image with the heatmap blended over it; `image` is gray or
+        RGB(A) pixels, alpha composited onto `background` (as in request_options)."""
+        image = images.to_rgb(np.asarray(image, np.uint8), colors.rgb(background), bgr=False)
         heatmap = self.heatmap_at(image.shape[1], image.shape[0])
         return drawing.blend(image, heatmap, colormap, alpha)
 
@@ -130,6 +144,7 @@ def explanation(response: pb.ExplainResponse, index: int | None = None) -> Expla
         version=response.version,
         class_index=response.explained.index,
         label=response.explained.label,
+        probability=response.explained.probability,
         method=response.method,
         top_k=[_prediction(c) for c in response.top_k],
         logits=np.array(response.logits, np.float32) if response.logits else None,

@@ -12,7 +12,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from camserve import geometry  # noqa: E402
+from camserve import geometry, images  # noqa: E402
 from camserve.client.overlay import blend  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def main():
     meta = json.loads((Path(args.model_dir) / "assets.extra" / "camserve.json").read_text())
     explain = tf.saved_model.load(args.model_dir).signatures["serving_default"]
     height, width = meta["input_size"]
-    originals = [cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for path in args.images]
+    originals = [images.read_rgb(path) for path in args.images]  # as the server reads them: upright, alpha on white
     batch = np.stack([cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA) for img in originals])
     n = len(batch)
     result = explain(images=batch, class_index=np.full(n, -1, np.int32), method=np.zeros(n, np.int32))

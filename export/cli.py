@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .preprocess import MODES
+from .choices import HEADS, PREPROCESS_MODES
 
 
 def _size(text: str):
@@ -23,14 +23,14 @@ def add_parser(subparsers):
     p.add_argument("--name", required=True, help="model name in the repository")
     p.add_argument("--version", type=int, help="version to write (default: one more than the highest)")
     p.add_argument("--layer", help="target layer name or dotted path into a nested model (vgg16.block5_conv3)")
-    p.add_argument("--preprocess", choices=sorted(MODES), help="pixel preprocessing (automatic for applications)")
+    p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES), help="pixel preprocessing (automatic for applications)")
     p.add_argument("--labels", help="text file with one class name per line")
     p.add_argument("--weights", default="imagenet", help="for applications: imagenet, none, or a weights file")
     p.add_argument("--input-size", type=_size, help="HxW, required when the model's input size is open")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the float64 comparison")
     p.add_argument(
         "--head",
-        choices=["softmax", "sigmoid", "binary", "linear"],
+        choices=HEADS,
         help="what the last layer computes (default: recognised from the model; see README, Heads)",
     )
     p.add_argument("--custom-objects", help="module or .py file to import before loading (registered custom layers)")

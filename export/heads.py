@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-KINDS = ("softmax", "sigmoid", "binary", "linear")
+from .choices import HEADS as KINDS
+
 SIGMOID_KINDS = ("sigmoid", "binary")
 
 # What a probe finds an operation computes.

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from .choices import PREPROCESS_MODES
+
 _IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 _IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -27,7 +29,7 @@ def _torch(x):
     return (x / 255.0 - tf.constant(_IMAGENET_MEAN_RGB, x.dtype)) / tf.constant(_IMAGENET_STD_RGB, x.dtype)
 
 
-MODES = {"none": _none, "scale": _scale, "tf": _tf, "caffe": _caffe, "torch": _torch}
+MODES = dict(zip(PREPROCESS_MODES, (_none, _scale, _tf, _caffe, _torch), strict=True))  # in PREPROCESS_MODES' order
 
 
 def preprocess(images, mode: str, channels: int, dtype=tf.float32):

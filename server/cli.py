@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from camserve import colors
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("serve", help="serve a model repository over gRPC with dynamic batching")
@@ -17,8 +19,15 @@ def add_parser(subparsers):
     p.add_argument("--batch-timeout-ms", type=float, default=5.0, help="longest a batch waits for requests being decoded")
     p.add_argument("--max-enqueued", type=int, default=256, help="waiting requests per model before RESOURCE_EXHAUSTED")
     p.add_argument("--allowed-batch-sizes", type=int, nargs="+", help="the padding ladder (default: powers of two)")
+    p.add_argument(
+        "--stream-window", type=int, help="requests one stream may have in flight (default: max batch size, at most max enqueued)"
+    )
     p.add_argument("--max-message-mb", type=float, default=64.0)
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
+    p.add_argument(
+        "--background", type=colors.rgb, default="FFFFFF", metavar="RRGGBB",
+        help="hex colour transparent pixels are composited onto, unless a request sets its own (default: white)",
+    )
     p.add_argument("--shutdown-delay", type=float, default=1.0, help="seconds of NOT_SERVING before refusing calls")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds accepted calls get to finish")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
@@ -30,6 +39,10 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     import sys
+
+    if args.stream_window is not None and args.stream_window < 1:
+        print("camserve serve: error: --stream-window must be at least 1", file=sys.stderr)
+        return 2
 
     from .app import ServerOptions, serve
     from .batcher import BatchingOptions
@@ -58,7 +71,12 @@ def run(args) -> int:
         port=args.port,
         metrics_port=args.metrics_port,
         batching=batching,
-        limits=Limits(max_pixels=args.max_pixels),
+        limits=Limits(
+            max_pixels=args.max_pixels,
+            background=args.background,
+            # One stream alone fills a batch but never the queue: it is held back, not shed.
+            stream_window=args.stream_window or min(args.max_batch_size, args.max_enqueued),
+        ),
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         shutdown_delay=args.shutdown_delay,
         drain_timeout=args.drain_timeout,

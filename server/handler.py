@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from camserve import geometry
+from camserve import colors, geometry
 from camserve.v1 import camserve_pb2 as pb
 
 from .batcher import Item, Result
@@ -28,6 +28,8 @@ DEFAULT_TOP_K = 5
 @dataclass(frozen=True)
 class Limits:
     max_pixels: int = 40_000_000
+    stream_window: int = 32  # requests one stream may have in flight (`serve` defaults it to the max batch size)
+    background: int = colors.WHITE  # 0xRRGGBB under transparent pixels, unless the request sets its own
 
 
 @dataclass
@@ -49,17 +51,21 @@ def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
         raise invalid(f"unknown resize mode {request.resize}")
     if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8):
         raise invalid(f"unknown heatmap type {request.heatmap_type}")
+    if request.HasField("background") and request.background > colors.WHITE:
+        raise invalid(f"background {request.background:#x} is not a colour 0xRRGGBB")
     top_k = min(request.top_k or DEFAULT_TOP_K, model.num_classes)
     return Prepared(model, class_index, model.methods.index(method_name), top_k)
 
 
-def _pixels(image: pb.Image, limits: Limits) -> np.ndarray:
+def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
+    image = request.image
+    background = request.background if request.HasField("background") else limits.background
     kind = image.WhichOneof("data")
     if kind == "encoded":
-        return decode_encoded(image.encoded, limits.max_pixels)
+        return decode_encoded(image.encoded, limits.max_pixels, background)
     if kind == "raw":
         raw = image.raw
-        return decode_raw(raw.pixels, raw.height, raw.width, raw.channels, limits.max_pixels)
+        return decode_raw(raw.pixels, raw.height, raw.width, raw.channels, limits.max_pixels, background)
     raise invalid("image is empty: set image.encoded or image.raw")
 
 
@@ -185,10 +191,10 @@ class Handler:
             model.batcher.expected_done()
         future = loop.create_future()
         model.batcher.submit(Item(canvas, class_index, method, deadline, future))
-        return await future, extra
+        return await _by(deadline, future), extra
 
     def _decode_and_fit(self, request, model: ServedModel):
-        image = _pixels(request.image, self.limits)
+        image = _pixels(request, self.limits)
         canvas, region = geometry.fit(image, model.height, model.width, request.resize)
         return canvas, (region, image.shape[:2])
 
@@ -202,7 +208,7 @@ class Handler:
                 functools.partial(self._decode_and_fit, request, model),
                 prepared.class_index,
                 prepared.method,
-                deadline(context, received),
+                deadline(context, received, request.timeout_ms),
             )
             call.queue_s = result.queue_s
             build = functools.partial(build_response, request, prepared, result, region, original, received)
@@ -211,7 +217,23 @@ class Handler:
             return build()
 
 
-def deadline(context, received: float) -> float | None:
-    """The call's deadline on the time.monotonic() clock."""
+def deadline(context, received: float, timeout_ms: int = 0) -> float | None:
+    """The earlier of the call's deadline and the request's own timeout_ms (a
+    stream's images have no other), on the time.monotonic() clock."""
     remaining = context.time_remaining() if context is not None else None
-    return None if remaining is None else received + remaining
+    ends = [received + remaining] if remaining is not None else []
+    if timeout_ms:
+        ends.append(received + timeout_ms / 1e3)
+    return min(ends, default=None)
+
+
+async def _by(deadline: float | None, future: asyncio.Future):
+    """The batcher drops an expired request when it forms the next batch; this
+    answers at the deadline itself, even while an earlier batch still runs. A
+    unary call is cut there by gRPC anyway; a stream's image is not."""
+    if deadline is None:
+        return await future
+    try:
+        return await asyncio.wait_for(future, deadline - time.monotonic())
+    except TimeoutError:
+        raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the image was explained") from None

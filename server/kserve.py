@@ -27,7 +27,7 @@ from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, abort, as_request_error, invalid
-from .handler import Handler, deadline
+from .handler import Handler, Limits, deadline
 from .models import Registry, ServedModel
 from .streams import completion_order
 from .tensors import decode_inputs, encode_output
@@ -160,14 +160,14 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 failed = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
                 return kpb.ModelStreamInferResponse(error_message=f"{failure.code.name}: {failure.message}", infer_response=failed)
 
-        async for response in completion_order(request_iterator, infer_one):
+        async for response in completion_order(request_iterator, infer_one, self.handler.limits.stream_window):
             yield response
 
     async def _infer(self, request, context, api: str) -> kpb.ModelInferResponse:
         received = time.monotonic()
         with self.handler.accounted(api) as call:
             call.model = model = self.registry.get(request.model_name, _version(request.model_version))
-            tensors = image_inputs(model, request, self.handler.limits.max_pixels)
+            tensors = image_inputs(model, request, self.handler.limits)
             wanted = [o.name for o in request.outputs] or list(OUTPUTS)
             unknown = [name for name in wanted if name not in OUTPUTS]
             if unknown:
@@ -238,7 +238,7 @@ def _fit(pixels_fn, model: ServedModel):
     return canvas, None
 
 
-def image_inputs(model: ServedModel, request, max_pixels: int):
+def image_inputs(model: ServedModel, request, limits: Limits):
     """(per-image prepare functions, class indices, method codes), all validated."""
     tensors = decode_inputs(request)
     known = {"images", "image_bytes", "class_index", "method"}
@@ -249,16 +249,16 @@ def image_inputs(model: ServedModel, request, max_pixels: int):
     limit = model.batcher.options.max_enqueued
     if "images" in tensors:
         images = tensors["images"]
-        if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3, 4):
-            raise invalid("input 'images' must be UINT8 [N,H,W,3] (1 or 4 channels also accepted)")
+        if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 2, 3, 4):
+            raise invalid("input 'images' must be UINT8 [N,H,W,3] (1, 2 or 4 channels also accepted)")
         n, h, w, c = images.shape
-        pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, max_pixels) for image in images]
+        pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, limits.max_pixels, limits.background) for image in images]
     else:
         blobs = tensors["image_bytes"]
         if not isinstance(blobs, list):
             raise invalid("input 'image_bytes' must be BYTES [N]")
         n = len(blobs)
-        pixels = [functools.partial(decode_encoded, blob, max_pixels) for blob in blobs]
+        pixels = [functools.partial(decode_encoded, blob, limits.max_pixels, limits.background) for blob in blobs]
     if n == 0 or n > limit:
         raise invalid(f"a request carries 1 to {limit} images; this one has {n}")
     class_index = _per_image(tensors, "class_index", n, -1)

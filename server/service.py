@@ -58,7 +58,7 @@ class CamServeService(pb_grpc.CamServeServicer):
                 failure = as_request_error(err)
                 return pb.ExplainResponse(id=request.id, error=pb.Error(code=failure.code.value[0], message=failure.message))
 
-        async for response in completion_order(request_iterator, explain_one):
+        async for response in completion_order(request_iterator, explain_one, self.handler.limits.stream_window):
             yield response
 
     async def ListModels(self, request, context):

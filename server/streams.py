@@ -1,5 +1,10 @@
-"""Bidirectional streams: every request is handled concurrently as it is read,
-and responses go out in completion order."""
+"""Bidirectional streams: requests are handled concurrently as they are read,
+and responses go out in completion order.
+
+A stream has at most `window` requests in flight (read and not yet answered):
+the next one is read only when a slot frees, so a sender that writes faster
+than the model answers is held back by gRPC's flow control instead of filling
+the batch queue, where its surplus would be shed with RESOURCE_EXHAUSTED."""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from typing import AsyncIterator, Awaitable, Callable
 _END = object()  # closes a stream's response queue
 
 
-async def completion_order(requests: AsyncIterator, handle: Callable[[object], Awaitable[object]]):
+async def completion_order(requests: AsyncIterator, handle: Callable[[object], Awaitable[object]], window: int):
     done: asyncio.Queue = asyncio.Queue()
+    slots = asyncio.Semaphore(window)
     pending: set[asyncio.Task] = set()
 
     async def handle_one(request):
@@ -18,7 +24,13 @@ async def completion_order(requests: AsyncIterator, handle: Callable[[object], A
 
     async def read_all():
         try:
-            async for request in requests:
+            incoming = aiter(requests)
+            while True:
+                await slots.acquire()
+                try:
+                    request = await anext(incoming)
+                except StopAsyncIteration:
+                    break
                 task = asyncio.create_task(handle_one(request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -30,6 +42,7 @@ async def completion_order(requests: AsyncIterator, handle: Callable[[object], A
     try:
         while (response := await done.get()) is not _END:
             yield response
+            slots.release()  # once sent: a client that stops reading holds its window
         await reader  # re-raises a broken request stream
     finally:
         reader.cancel()

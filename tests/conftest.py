@@ -47,13 +47,34 @@ def server_repo(exports, tmp_path_factory):
     return repo
 
 
-@pytest.fixture(scope="session")
-def server(server_repo, tmp_path_factory):
+def _serving(repo, log, *args):
     from camserve.server.process import ServerProcess
 
-    process = ServerProcess(server_repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "8")
+    process = ServerProcess(repo, log, "--max-batch-size", "8", *args)
     try:
         process.wait_for("SERVING")
         yield process
     finally:
         process.terminate()
+
+
+@pytest.fixture(scope="session")
+def server(server_repo, tmp_path_factory):
+    yield from _serving(server_repo, tmp_path_factory.mktemp("logs") / "server.log")
+
+
+SHAPED_BACKGROUND = 0x3366CC  # not the default white, so tests can tell the flag took effect
+
+
+@pytest.fixture(scope="session")
+def shaped_server(exports, tmp_path_factory):
+    """The non-square test models `wide` (48x96, HxW) and `tall` (96x48) from one
+    repository, served with `--background` set to SHAPED_BACKGROUND."""
+    import shutil
+
+    repo = tmp_path_factory.mktemp("serve_shaped") / "repo"
+    for kind in ("wide", "tall"):
+        path, *_ = exports.get(kind)
+        shutil.copytree(path, repo / kind / "1")
+    log = tmp_path_factory.mktemp("logs") / "shaped_server.log"
+    yield from _serving(repo, log, "--background", f"{SHAPED_BACKGROUND:06X}")

@@ -13,6 +13,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from tests import models
+from tests.test_images import tiff_orientation
 
 DOCUMENTED = {
     grpc.StatusCode.OK,
@@ -164,3 +165,49 @@ def test_server_is_healthy_after_fuzzing(server, channel):
     assert server.health() == "SERVING"
     image = pb.Image(raw=pb.RawImage(pixels=bytes(models.SIZE * models.SIZE * 3), height=models.SIZE, width=models.SIZE, channels=3))
     assert native_stub.Explain(pb.ExplainRequest(model="tiny", image=image), timeout=20).explained.index >= 0
+
+
+@st.composite
+def thin_images(draw):
+    """(pb.Image, upright (height, width)): down to one pixel thick either way,
+    raw with any channel count or encoded with an EXIF orientation."""
+    thin, long = draw(st.integers(1, 4)), draw(st.integers(1, 3000))
+    h, w = (thin, long) if draw(st.booleans()) else (long, thin)
+    encoding = draw(st.sampled_from(["raw", ".png", ".jpg", ".webp"]))
+    channels = draw(st.sampled_from({"raw": [1, 2, 3, 4], ".jpg": [1, 3]}.get(encoding, [1, 3, 4])))
+    pixels = np.random.default_rng(draw(st.integers(0, 9))).integers(0, 256, (h, w, channels), dtype=np.uint8)
+    if encoding == "raw":
+        return pb.Image(raw=pb.RawImage(pixels=pixels.tobytes(), height=h, width=w, channels=channels)), (h, w)
+    orientation = draw(st.integers(1, 8))
+    exif = np.frombuffer(tiff_orientation(orientation, draw(st.booleans())), np.uint8)
+    ok, data = cv2.imencodeWithMetadata(encoding, pixels, [cv2.IMAGE_METADATA_EXIF], [exif])
+    assert ok
+    return pb.Image(encoded=np.asarray(data).tobytes()), ((w, h) if orientation >= 5 else (h, w))
+
+
+@pytest.fixture(scope="module")
+def shaped_channel(shaped_server):
+    with grpc.insecure_channel(shaped_server.target) as channel:
+        yield channel
+
+
+@FUZZ
+@given(
+    image=thin_images(),
+    model=st.sampled_from(["wide", "tall"]),
+    resize=st.sampled_from([pb.RESIZE_STRETCH, pb.RESIZE_CENTER_CROP, pb.RESIZE_LETTERBOX]),
+    original_size=st.booleans(),
+)
+def test_extreme_aspect_ratios_on_non_square_models_are_answered(shaped_channel, image, model, resize, original_size):
+    """Every valid image is answered under every resize mode, however far its
+    shape is from the model's (48x96 or 96x48): never INTERNAL, never refused."""
+    image, (height, width) = image
+    request = pb.ExplainRequest(model=model, image=image, resize=resize, heatmap_original_size=original_size)
+    response = pb_grpc.CamServeStub(shaped_channel).Explain(request, timeout=20)
+    assert (response.image_height, response.image_width) == (height, width)
+    region = response.heatmap.region
+    assert region.x0 < region.x1 and region.y0 < region.y1
+    if original_size:
+        assert (response.heatmap.height, response.heatmap.width) == (height, width)
+    elif resize == pb.RESIZE_CENTER_CROP:
+        assert 0 <= region.x0 and 0 <= region.y0 and region.x1 <= width and region.y1 <= height

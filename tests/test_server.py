@@ -204,7 +204,7 @@ BAD = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "the limit is",
     ),
-    "two channels": (dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0" * 8, height=2, width=2, channels=2))), grpc.StatusCode.INVALID_ARGUMENT, "expected 1, 3 or 4"),
+    "five channels": (dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0" * 20, height=2, width=2, channels=5))), grpc.StatusCode.INVALID_ARGUMENT, "expected 1, 2, 3 or 4"),
     "unknown model": (dict(model="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' is not served here"),
     "unknown version": (dict(version=9), grpc.StatusCode.NOT_FOUND, "version 9 is not loaded"),
     "class out of range": (dict(class_index=models.CLASSES), grpc.StatusCode.INVALID_ARGUMENT, "class_index 5 is out of range"),
