@@ -47,7 +47,10 @@ def fit(image: np.ndarray, height: int, width: int, mode: int = STRETCH) -> tupl
         cw, ch = min(w0, max(1, round(width / scale))), min(h0, max(1, round(height / scale)))
         x0, y0 = (w0 - cw) // 2, (h0 - ch) // 2
         crop = image[y0 : y0 + ch, x0 : x0 + cw]
-        return _resize(crop, width, height), Region(float(x0), float(y0), float(x0 + cw), float(y0 + ch))
+        canvas = _resize(crop, width, height)
+        # A crop already at the model's size is a view: copy it, or it pins the whole image while it waits.
+        canvas = canvas.copy() if np.shares_memory(canvas, image) else canvas
+        return canvas, Region(float(x0), float(y0), float(x0 + cw), float(y0 + ch))
     if mode == LETTERBOX:
         scale = min(width / w0, height / h0)
         nw, nh = max(1, round(w0 * scale)), max(1, round(h0 * scale))

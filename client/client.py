@@ -58,7 +58,10 @@ class Client(_Base):
     `target` is "host:port", a gRPC URI such as "dns:///camserve:8500", or a
     list of "host:port" to balance over round-robin. Connection options: tls,
     ca, cert, key (paths or PEM bytes; cert+key for mutual TLS), token (bearer),
-    retries (of UNAVAILABLE, on another replica when there are several),
+    retries (of UNAVAILABLE, on another replica when there are several; whole
+    messages up to max_message_mb are replayed), retry_overloaded (also retry
+    RESOURCE_EXHAUSTED, with jittered backoff), health_check (gRPC client-side
+    health checking: no new calls to a draining replica; default on),
     max_message_mb.
 
     Options of explain/explain_stream: model, version, class_index (None: top-1),

@@ -1,7 +1,11 @@
 """How a client reaches one server or several: message limits, TLS (mutual
 when a client certificate is given), a bearer token, round-robin balancing
-over replicas, and gRPC's own retries of UNAVAILABLE, which on a balanced
-channel land on another replica."""
+over replicas, gRPC's client-side health checking (a draining or broken
+replica gets no new calls), and gRPC's own retries of UNAVAILABLE, which on a
+balanced channel land on another replica. Retries replay the request from a
+buffer sized to the message limit, so a large image is retried too (gRPC's
+default buffer is 256 KiB). Retrying RESOURCE_EXHAUSTED (an overloaded
+replica) is opt-in; gRPC's retry backoff is randomised (jitter)."""
 
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ class Connection:
     key: str | Path | bytes | None = None
     token: str | None = None
     retries: int = 3
+    retry_overloaded: bool = False  # also retry RESOURCE_EXHAUSTED, with backoff
+    health_check: bool = True  # gRPC client-side health checking of each replica
     max_message_mb: float = 64
 
     @property
@@ -51,6 +57,8 @@ class Connection:
     def options(self) -> list[tuple[str, object]]:
         limit = int(self.max_message_mb * 1024 * 1024)
         config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+        if self.health_check:  # readiness: the service name "" turns NOT_SERVING on drain
+            config["healthCheckConfig"] = {"serviceName": ""}
         if self.retries:  # gRPC rejects a retry policy of fewer than 2 attempts
             config["methodConfig"] = [
                 {
@@ -60,7 +68,7 @@ class Connection:
                         "initialBackoff": "0.1s",
                         "maxBackoff": "2s",
                         "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
+                        "retryableStatusCodes": ["UNAVAILABLE", *(["RESOURCE_EXHAUSTED"] if self.retry_overloaded else [])],
                     },
                 }
             ]
@@ -68,6 +76,9 @@ class Connection:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.enable_retries", 1 if self.retries else 0),
+            # Room to replay one whole message per call, and a few calls' worth per channel.
+            ("grpc.per_rpc_retry_buffer_size", limit),
+            ("grpc.retry_buffer_size", 4 * limit),
             ("grpc.service_config", json.dumps(config)),
         ]
 

@@ -1,12 +1,17 @@
 """`camserve serve`: the process. Start listening (health NOT_SERVING), load and
 warm up every model, report SERVING; on SIGTERM/SIGINT report NOT_SERVING,
-finish what was accepted, exit."""
+finish what was accepted, exit (phases in phase.py).
+
+Health has two meanings, as Kubernetes probes want: readiness ("", and each
+API's service name) is SERVING only between warm-up and drain; liveness
+(LIVENESS) is SERVING while the process can answer, through a slow warm-up and
+a drain, and turns NOT_SERVING only when a batcher has died, so that a restart
+can help."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,19 +26,21 @@ from grpc_reflection.v1alpha import reflection
 from camserve.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from camserve.v1 import camserve_pb2, camserve_pb2_grpc
 
-from .batcher import BatchingOptions
-from .device import select_device
+from . import cpus, phase
+from .device import configure_threads, select_device
 from .handler import Handler, Limits
 from .kserve import KServeService
 from .logs import configure_logging
 from .metrics import Metrics
 from .security import SecurityOptions
-from .lifecycle import ModelManager, VersionPolicy
+from .lifecycle import ModelManager
+from .model_config import ModelConfig
 from .models import Registry
 from .service import CamServeService
 
 log = logging.getLogger("camserve.server")
 
+LIVENESS = "camserve.liveness"
 SERVICE_NAME = camserve_pb2.DESCRIPTOR.services_by_name["CamServe"].full_name
 KSERVE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -42,16 +49,23 @@ KSERVE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceServ
 class ServerOptions:
     repo: Path
     models: list[str] | None = None
-    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    model_defaults: ModelConfig = field(default_factory=ModelConfig)  # what a model's config.json may override
     security: SecurityOptions = field(default_factory=SecurityOptions)
     poll_seconds: float = 5.0  # how often the repository is checked for versions; 0: never
     host: str = "0.0.0.0"
     port: int = 8500
     metrics_port: int = 8501  # 0: no metrics endpoint
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from outside the pod
     limits: Limits = field(default_factory=Limits)
     max_message_bytes: int = 64 * 1024 * 1024
-    decode_threads: int = max(2, os.cpu_count() or 2)
+    max_concurrent_rpcs: int = 1000  # beyond: RESOURCE_EXHAUSTED from gRPC before any work
+    # Connections are closed (after a grace) this often, so clients re-resolve and new replicas get traffic.
+    max_connection_age: float = 300.0
+    max_connection_age_grace: float = 30.0
+    # Thread counts; 0: the CPUs this process may use (affinity and cgroup quota, not the node's cores).
+    decode_threads: int = 0
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
     shutdown_delay: float = 1.0  # keep answering after SIGTERM so balancers see NOT_SERVING
     drain_timeout: float = 30.0
 
@@ -62,13 +76,20 @@ class Server:
         self.metrics = Metrics()
         self.registry = Registry()
         self.health = health_aio.HealthServicer()
-        self.decoders = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
+        self.cpus = cpus.available()
+        self.decoders = ThreadPoolExecutor(options.decode_threads or self.cpus, thread_name_prefix="decode")
         self.handler = Handler(self.registry, self.decoders, options.limits, self.metrics)
         self.stopping = asyncio.Event()
         limit = options.max_message_bytes
         self.grpc = grpc.aio.server(
             interceptors=options.security.interceptors(),
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_connection_age_ms", int(options.max_connection_age * 1e3)),
+                ("grpc.max_connection_age_grace_ms", int(options.max_connection_age_grace * 1e3)),
+            ],
         )
         camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.handler), self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -78,9 +99,20 @@ class Server:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection([SERVICE_NAME, KSERVE_NAME, health_name, reflection.SERVICE_NAME], self.grpc)
 
-    async def _set_health(self, status):
+    async def _enter(self, new_phase: str):
+        self.registry.phase = new_phase
+        await self._publish_health()
+
+    async def _publish_health(self):
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(LIVENESS, serving if self.registry.live else not_serving)
         for service in ("", SERVICE_NAME, KSERVE_NAME):
-            await self.health.set(service, status)
+            await self.health.set(service, serving if self.registry.ready else not_serving)
+
+    def _on_crash(self, err: BaseException):
+        """A batcher died: this process cannot serve that model any more; let probes restart it."""
+        self.registry.crashed = err
+        asyncio.get_running_loop().create_task(self._publish_health())
 
     def _on_signal(self, signum):
         log.info("received %s: draining", signal.Signals(signum).name)
@@ -88,7 +120,7 @@ class Server:
 
     async def run(self) -> int:
         opts = self.options
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._enter(phase.STARTING)
         address = f"{opts.host}:{opts.port}"
         credentials = opts.security.credentials()
         bound = self.grpc.add_secure_port(address, credentials) if credentials else self.grpc.add_insecure_port(address)
@@ -99,14 +131,16 @@ class Server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         if opts.metrics_port:
-            self.metrics.serve(opts.metrics_port)
+            self.metrics.serve(opts.metrics_port, opts.metrics_host)
         security = ("mutual TLS" if opts.security.client_ca else "TLS") if credentials else "plaintext"
         auth = "bearer token" if opts.security.token else "no authentication"
-        log.info("listening on %s (%s, %s; metrics on :%s); NOT_SERVING until warm-up ends", address, security, auth, opts.metrics_port)
+        metrics = f"{opts.metrics_host}:{opts.metrics_port}" if opts.metrics_port else "off"
+        log.info("listening on %s (%s, %s; metrics on %s); NOT_SERVING until warm-up ends", address, security, auth, metrics)
 
-        self.manager = ModelManager(
-            opts.repo, opts.models, opts.version_policy, self.registry, select_device(), opts.batching, self.metrics
-        )
+        threads = configure_threads(opts.intra_op_threads or self.cpus, opts.inter_op_threads or self.cpus)
+        log.info("%d CPU(s) usable; %d decode threads; TensorFlow %s", self.cpus, self.decoders._max_workers, threads)
+        self.manager = ModelManager(opts.repo, opts.models, opts.model_defaults, self.registry, select_device(), self.metrics)
+        self.manager.on_crash = self._on_crash
         loader = asyncio.create_task(self.manager.sync())
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({loader, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -115,10 +149,9 @@ class Server:
             loader.result()  # an unreadable repository stops the server here
             if not self.registry.all():
                 raise RuntimeError(f"no model in {opts.repo} could be loaded; see the log lines above")
-            self.registry.loaded = True
             if opts.poll_seconds:
                 watcher = asyncio.create_task(self.manager.watch(opts.poll_seconds))
-            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            await self._enter(phase.SERVING)
             served = ", ".join(f"{m.name} v{m.version}" for m in self.registry.all())
             log.info("SERVING %s", served)
             await self.stopping.wait()
@@ -126,15 +159,14 @@ class Server:
         return 0
 
     async def _drain(self, *tasks: asyncio.Task | None):
-        self.registry.draining = True
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._enter(phase.DRAINING)
         for task in tasks:
             if task:
                 task.cancel()
         await asyncio.sleep(self.options.shutdown_delay)
         # New calls are refused with UNAVAILABLE from here (clients retry elsewhere);
         # accepted ones finish within the drain timeout, then the listener closes.
-        self.registry.refusing = True
+        await self._enter(phase.STOPPING)
         started = time.monotonic()
         if not await self.handler.wait_idle(self.options.drain_timeout):
             log.warning("drain timeout: %d call(s) still in flight are cut off", self.handler.in_flight)

@@ -6,15 +6,25 @@ them up to `batch_timeout` after its first request, or until `max_batch_size`.
 So a lone request on an idle server never waits, and while a batch runs, the
 requests that arrive meanwhile form the next one. Batches are padded to the
 smallest of `allowed_batch_sizes` that fits, so XLA only ever sees shapes that
-warm-up compiled. At most `max_enqueued` requests wait; beyond that callers get
-RESOURCE_EXHAUSTED at once. Requests whose deadline passed or whose caller went
+warm-up compiled. At most `max_enqueued` requests are admitted (being decoded
+or waiting) before any of their work starts; beyond that callers get
+RESOURCE_EXHAUSTED at once, before their images are decoded. Requests whose deadline passed or whose caller went
 away are dropped before they run.
+
+A failed batch is logged and counted, and its requests run again one at a time
+so that one bad request does not fail its batch-mates; after SOLO_FAILURES
+failures in a row the model itself is failing, and the rest fail at once
+rather than multiplying the work. Callers get INTERNAL with a short message and
+an error id; the log line carries the id and the whole error. If the loop
+itself dies, `on_crash` is told (the server then fails its health checks).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -26,6 +36,10 @@ import numpy as np
 from .errors import RequestError
 from .statistics import ModelStats
 
+log = logging.getLogger("camserve.batcher")
+
+SOLO_FAILURES = 2
+
 
 @dataclass(frozen=True)
 class BatchingOptions:
@@ -34,12 +48,26 @@ class BatchingOptions:
     max_enqueued: int = 256
     allowed_batch_sizes: tuple[int, ...] = ()  # empty: powers of two up to max_batch_size
 
+    def check(self):
+        """ValueError naming the first knob out of range (a zero batch size would
+        stall the batcher at its first request)."""
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ValueError(f"max batch size must be at least 1, got {self.max_batch_size!r}")
+        if not self.batch_timeout >= 0:
+            raise ValueError(f"batch timeout must be 0 or more, got {self.batch_timeout!r}")
+        if isinstance(self.max_enqueued, bool) or not isinstance(self.max_enqueued, int) or self.max_enqueued < 1:
+            raise ValueError(f"max enqueued must be at least 1, got {self.max_enqueued!r}")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.allowed_batch_sizes):
+            raise ValueError(f"allowed batch sizes are positive integers, got {list(self.allowed_batch_sizes)}")
+        if self.allowed_batch_sizes and max(self.allowed_batch_sizes) != self.max_batch_size:
+            raise ValueError(
+                f"the largest allowed batch size ({max(self.allowed_batch_sizes)}) must equal "
+                f"the max batch size ({self.max_batch_size})"
+            )
+
     def ladder(self) -> tuple[int, ...]:
         if self.allowed_batch_sizes:
-            sizes = tuple(sorted(set(self.allowed_batch_sizes)))
-            if sizes[-1] != self.max_batch_size:
-                raise ValueError("the largest allowed batch size must equal max_batch_size")
-            return sizes
+            return tuple(sorted(set(self.allowed_batch_sizes)))
         sizes = [1]
         while sizes[-1] < self.max_batch_size:
             sizes.append(min(sizes[-1] * 2, self.max_batch_size))
@@ -67,6 +95,25 @@ class Result:
 RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
 
 
+class Admission:
+    """Requests admitted to a batcher and not yet decoded."""
+
+    def __init__(self, batcher: Batcher, count: int):
+        self.batcher, self.left = batcher, count
+
+    def decoded(self):
+        if self.left:
+            self.left -= 1
+            self.batcher._decoded()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        while self.left:
+            self.decoded()
+
+
 class Batcher:
     def __init__(
         self, run_batch: RunBatch, options: BatchingOptions, executor: Executor, stats: ModelStats, metrics=None, name=""
@@ -83,26 +130,41 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
+        self.crashed: BaseException | None = None
+        self._running: list[Item] = []  # the batch on the model, answered by _supervise if the loop dies
+        self.on_crash: Callable[[BaseException], None] | None = None
         self.idle = asyncio.Event()  # nothing queued and no batch running
         self.idle.set()
 
     # -- callers -----------------------------------------------------------
-    def expect(self):
-        """A request for this model started decoding; the next batch may wait for it."""
-        self.incoming += 1
+    def admit(self, count: int = 1) -> Admission:
+        """Room for `count` requests that are about to be decoded, or RESOURCE_EXHAUSTED
+        before any work; the next batch may wait for them. Use it as a context
+        manager: each request leaves with Admission.decoded(), and whatever was
+        not decoded (a failure, a cancelled call) leaves at the end of the block."""
+        if self.crashed is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} cannot run requests (its batcher stopped); retry on another replica")
+        if self._closed:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} version was retired; retry")
+        if self.incoming + len(self.queue) + count > self.options.max_enqueued:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model {self.name!r} has {self.incoming + len(self.queue)} requests admitted (max_enqueued "
+                f"{self.options.max_enqueued}); retry later",
+            )
+        self.incoming += count
+        return Admission(self, count)
 
-    def expected_done(self):
+    def _decoded(self):
         self.incoming -= 1
         self._wakeup.set()
 
     def submit(self, item: Item):
+        """An admitted request joins the queue."""
+        if self.crashed is not None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} cannot run requests (its batcher stopped); retry on another replica")
         if self._closed:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} version was retired; retry")
-        if len(self.queue) >= self.options.max_enqueued:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model {self.name!r} has {len(self.queue)} requests waiting (max_enqueued); retry later",
-            )
         self.queue.append(item)
         self.idle.clear()
         self._observe_depth()
@@ -110,6 +172,18 @@ class Batcher:
 
     def start(self):
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+        self._task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task):
+        if task.cancelled() or task.exception() is None:
+            return
+        self.crashed = task.exception()
+        log.critical("the batcher of %s stopped: %r; failing health", self.name, self.crashed, exc_info=self.crashed)
+        for item in [*self._running, *self.queue]:
+            self._fail(item, self.crashed)
+        self.queue.clear()
+        if self.on_crash:
+            self.on_crash(self.crashed)
 
     async def drained(self):
         """Returns once no request is being decoded for, waiting or running here."""
@@ -149,7 +223,9 @@ class Batcher:
             )
             batch = self._take()
             if batch:
+                self._running = batch
                 await self._run(batch)
+                self._running = []
 
     def _take(self) -> list[Item]:
         now = time.monotonic()
@@ -172,6 +248,32 @@ class Batcher:
         return next(size for size in self.ladder if size >= n)
 
     async def _run(self, batch: list[Item]):
+        try:
+            await self._execute(batch)
+            return
+        except Exception as err:  # noqa: BLE001 - one request's trouble must not fail its batch-mates
+            self._failed(err, len(batch))
+            if len(batch) == 1:
+                self._fail(batch[0], err)
+                return
+            last = err
+        in_a_row = 0
+        for i, item in enumerate(batch):
+            if in_a_row == SOLO_FAILURES:
+                log.error("model %s fails alone too; failing the %d other requests of the batch", self.name, len(batch) - i)
+                for rest in batch[i:]:
+                    self._fail(rest, last)
+                return
+            try:
+                await self._execute([item])
+                in_a_row = 0
+            except Exception as solo:  # noqa: BLE001 - this request alone fails: only it does
+                self._failed(solo, 1)
+                self._fail(item, solo)
+                last, in_a_row = solo, in_a_row + 1
+
+    async def _execute(self, batch: list[Item]):
+        """Runs one padded batch and answers its requests; raises what the model run raised."""
         size = self._padded_size(len(batch))
         images = np.zeros((size, *batch[0].image.shape), np.uint8)
         class_index = np.full(size, -1, np.int32)
@@ -179,16 +281,7 @@ class Batcher:
         for i, item in enumerate(batch):
             images[i], class_index[i], method[i] = item.image, item.class_index, item.method
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        try:
-            outputs = await loop.run_in_executor(self.executor, self.run_batch, images, class_index, method)
-        except Exception as err:  # noqa: BLE001 - one request's trouble must not fail its batch-mates
-            if len(batch) > 1:
-                for item in batch:
-                    await self._run([item])
-                return
-            self._finish_with_error(batch[0], err)
-            return
+        outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, images, class_index, method)
         compute_s = time.monotonic() - started
         self.stats.batch(len(batch), compute_s)
         if self.metrics:
@@ -198,9 +291,20 @@ class Batcher:
                 row = {name: value[i] for name, value in outputs.items()}
                 item.future.set_result(Result(row, started - item.enqueued, compute_s, len(batch)))
 
-    def _finish_with_error(self, item: Item, err: Exception):
-        if not item.future.done():
-            item.future.set_exception(RequestError(grpc.StatusCode.INTERNAL, f"model run failed: {err}"))
+    def _failed(self, err: Exception, requests: int):
+        log.error("model %s: a batch of %d failed: %s: %s", self.name, requests, type(err).__name__, (str(err).splitlines() or [""])[0][:300])
+        if self.metrics:
+            self.metrics.batch_failed(self.name, type(err).__name__)
+
+    def _fail(self, item: Item, err: BaseException):
+        """INTERNAL with an id the log line carries in full; TensorFlow's text stays in the log."""
+        if item.future.done():
+            return
+        error_id = uuid.uuid4().hex[:12]
+        log.error("model %s: request failed, error id %s: %s: %s", self.name, error_id, type(err).__name__, err)
+        item.future.set_exception(
+            RequestError(grpc.StatusCode.INTERNAL, f"the model failed to run this request (error id {error_id}, in the server log)")
+        )
 
     def _drop(self, item: Item, reason: str):
         if self.metrics:

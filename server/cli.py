@@ -15,6 +15,7 @@ def add_parser(subparsers):
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8500)
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus metrics over HTTP; 0 turns it off")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (0.0.0.0: all)")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-timeout-ms", type=float, default=5.0, help="longest a batch waits for requests being decoded")
     p.add_argument("--max-enqueued", type=int, default=256, help="waiting requests per model before RESOURCE_EXHAUSTED")
@@ -28,6 +29,12 @@ def add_parser(subparsers):
         "--background", type=colors.rgb, default="FFFFFF", metavar="RRGGBB",
         help="hex colour transparent pixels are composited onto, unless a request sets its own (default: white)",
     )
+    p.add_argument("--max-concurrent-rpcs", type=int, default=1000, help="calls (streams count once) before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-connection-age", type=float, default=300.0, help="seconds before a connection is closed so clients re-resolve")
+    p.add_argument("--max-connection-age-grace", type=float, default=30.0, help="seconds a closing connection's calls get to finish")
+    p.add_argument("--decode-threads", type=int, default=0, help="decode/resize threads (default: the CPUs usable)")
+    p.add_argument("--intra-op-threads", type=int, default=0, help="TensorFlow intra-op threads (default: the CPUs usable)")
+    p.add_argument("--inter-op-threads", type=int, default=0, help="TensorFlow inter-op threads (default: the CPUs usable)")
     p.add_argument("--shutdown-delay", type=float, default=1.0, help="seconds of NOT_SERVING before refusing calls")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds accepted calls get to finish")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
@@ -40,14 +47,28 @@ def add_parser(subparsers):
 def run(args) -> int:
     import sys
 
-    if args.stream_window is not None and args.stream_window < 1:
-        print("camserve serve: error: --stream-window must be at least 1", file=sys.stderr)
-        return 2
+    at_least = {
+        "--stream-window": (args.stream_window, 1),
+        "--max-concurrent-rpcs": (args.max_concurrent_rpcs, 1),
+        "--max-connection-age": (args.max_connection_age, 1),
+        "--max-connection-age-grace": (args.max_connection_age_grace, 0),
+        "--decode-threads": (args.decode_threads, 0),
+        "--intra-op-threads": (args.intra_op_threads, 0),
+        "--inter-op-threads": (args.inter_op_threads, 0),
+        "--max-pixels": (args.max_pixels, 1),
+        "--max-message-mb": (args.max_message_mb, 0.001),
+        "--poll-seconds": (args.poll_seconds, 0),
+        "--shutdown-delay": (args.shutdown_delay, 0),
+        "--drain-timeout": (args.drain_timeout, 0),
+    }
+    for flag, (value, low) in at_least.items():
+        if value is not None and not value >= low:
+            print(f"camserve serve: error: {flag} must be at least {low}, got {value}", file=sys.stderr)
+            return 2
 
-    from .app import ServerOptions, serve
     from .batcher import BatchingOptions
     from .handler import Limits
-    from .lifecycle import VersionPolicy
+    from .model_config import ModelConfig, VersionPolicy
     from .security import SecurityOptions
 
     batching = BatchingOptions(
@@ -57,22 +78,33 @@ def run(args) -> int:
         allowed_batch_sizes=tuple(args.allowed_batch_sizes or ()),
     )
     try:
+        batching.check()
+        defaults = ModelConfig(batching, VersionPolicy(args.version_policy, tuple(args.versions)))
         security = SecurityOptions.from_args(args.tls_cert, args.tls_key, args.tls_client_ca, args.auth_token_file)
     except (ValueError, OSError) as err:
         print(f"camserve serve: error: {err}", file=sys.stderr)
         return 2
+    from .app import ServerOptions, serve  # the whole server: only once the flags are known good
+
     options = ServerOptions(
         repo=args.repo,
         models=args.models,
-        version_policy=VersionPolicy(args.version_policy, tuple(args.versions)),
+        model_defaults=defaults,
         poll_seconds=args.poll_seconds,
         security=security,
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
-        batching=batching,
+        metrics_host=args.metrics_host,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_connection_age=args.max_connection_age,
+        max_connection_age_grace=args.max_connection_age_grace,
+        decode_threads=args.decode_threads,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
         limits=Limits(
             max_pixels=args.max_pixels,
+            max_response_bytes=int(args.max_message_mb * 1024 * 1024),
             background=args.background,
             # One stream alone fills a batch but never the queue: it is held back, not shed.
             stream_window=args.stream_window or min(args.max_batch_size, args.max_enqueued),

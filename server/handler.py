@@ -30,6 +30,7 @@ class Limits:
     max_pixels: int = 40_000_000
     stream_window: int = 32  # requests one stream may have in flight (`serve` defaults it to the max batch size)
     background: int = colors.WHITE  # 0xRRGGBB under transparent pixels, unless the request sets its own
+    max_response_bytes: int = 64 * 1024 * 1024  # gRPC's send limit: larger answers are refused before queueing
 
 
 @dataclass
@@ -40,13 +41,21 @@ class Prepared:
     top_k: int
 
 
+def check_targets(model: ServedModel, class_index: np.ndarray, method: np.ndarray):
+    """Per-image class indices and method codes, for every API."""
+    if ((class_index < -1) | (class_index >= model.num_classes)).any():
+        raise invalid(f"class_index out of range for {model.num_classes} classes (-1: top-1): {class_index.tolist()}")
+    if ((method < 0) | (method >= len(model.methods))).any():
+        raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method.tolist()}")
+
+
 def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
-    method_name = request.method or "gradcam"
+    method_name = request.method or model.default_method
     if method_name not in model.methods:
         raise invalid(f"unknown method {method_name!r}; {model.name} offers {', '.join(model.methods)}")
     class_index = request.class_index if request.HasField("class_index") else -1
-    if not -1 <= class_index < model.num_classes:
-        raise invalid(f"class_index {class_index} is out of range for {model.num_classes} classes (-1 or unset: top-1)")
+    method = model.methods.index(method_name)
+    check_targets(model, np.array([class_index]), np.array([method]))
     if request.resize not in (geometry.STRETCH, geometry.CENTER_CROP, geometry.LETTERBOX):
         raise invalid(f"unknown resize mode {request.resize}")
     if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8):
@@ -54,7 +63,7 @@ def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
     if request.HasField("background") and request.background > colors.WHITE:
         raise invalid(f"background {request.background:#x} is not a colour 0xRRGGBB")
     top_k = min(request.top_k or DEFAULT_TOP_K, model.num_classes)
-    return Prepared(model, class_index, model.methods.index(method_name), top_k)
+    return Prepared(model, class_index, method, top_k)
 
 
 def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
@@ -62,11 +71,23 @@ def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
     background = request.background if request.HasField("background") else limits.background
     kind = image.WhichOneof("data")
     if kind == "encoded":
-        return decode_encoded(image.encoded, limits.max_pixels, background)
-    if kind == "raw":
+        pixels = decode_encoded(image.encoded, limits.max_pixels, background)
+    elif kind == "raw":
         raw = image.raw
-        return decode_raw(raw.pixels, raw.height, raw.width, raw.channels, limits.max_pixels, background)
-    raise invalid("image is empty: set image.encoded or image.raw")
+        pixels = decode_raw(raw.pixels, raw.height, raw.width, raw.channels, limits.max_pixels, background)
+    else:
+        raise invalid("image is empty: set image.encoded or image.raw")
+    if request.heatmap_original_size:
+        _check_response_size(pixels.shape[0] * pixels.shape[1], request.heatmap_type, limits.max_response_bytes)
+    return pixels
+
+
+def fit(pixels, model: ServedModel, resize: int = geometry.STRETCH):
+    """Decode and fit, on the decode pool, for every API: pixels() -> (canvas at the
+    model's size, (the region it covers, the decoded image's height and width))."""
+    image = pixels()
+    canvas, region = geometry.fit(image, model.height, model.width, resize)
+    return canvas, (region, image.shape[:2])
 
 
 def _heatmap(request: pb.ExplainRequest, outputs: dict, region: geometry.Region, original) -> pb.Heatmap:
@@ -149,8 +170,9 @@ class Handler:
             return False
 
     @contextlib.contextmanager
-    def accounted(self, api: str):
-        """Counts the call in the metrics and its model's statistics, by outcome."""
+    def accounted(self, api: str, context=None):
+        """Counts the call in the metrics and its model's statistics, by outcome (a
+        call gRPC cancels at its deadline counts as DEADLINE_EXCEEDED)."""
         call, received, code = Call(), time.monotonic(), grpc.StatusCode.OK
         self.in_flight += 1
         self._idle.clear()
@@ -162,7 +184,9 @@ class Handler:
             code = err.code
             raise
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            remaining = context.time_remaining() if context is not None else None
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -180,41 +204,51 @@ class Handler:
             if call.model:
                 call.model.stats.request(code == grpc.StatusCode.OK, seconds, call.queue_s)
 
-    async def run_image(self, model: ServedModel, prepare, class_index: int, method: int, deadline: float | None):
-        """prepare() -> (canvas, extra) runs on the decode pool while the model may be
-        busy; then the canvas joins a batch. Returns (Result, extra)."""
+    async def run_image(self, model: ServedModel, admission, prepare, class_index: int, method: int, deadline: float | None):
+        """For a request admitted to the model's batcher: prepare() -> (canvas, extra)
+        runs on the decode pool while the model may be busy; then the canvas joins
+        a batch. Returns (Result, extra)."""
         loop = asyncio.get_running_loop()
-        model.batcher.expect()
         try:
             canvas, extra = await loop.run_in_executor(self.executor, prepare)
         finally:
-            model.batcher.expected_done()
+            admission.decoded()
         future = loop.create_future()
         model.batcher.submit(Item(canvas, class_index, method, deadline, future))
         return await _by(deadline, future), extra
 
-    def _decode_and_fit(self, request, model: ServedModel):
-        image = _pixels(request, self.limits)
-        canvas, region = geometry.fit(image, model.height, model.width, request.resize)
-        return canvas, (region, image.shape[:2])
-
     async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
         received = time.monotonic()
-        with self.accounted(api) as call:
+        with self.accounted(api, context) as call:
             prepared = _options(request, self.registry.get(request.model, request.version))
             call.model = model = prepared.model
-            result, (region, original) = await self.run_image(
-                model,
-                functools.partial(self._decode_and_fit, request, model),
-                prepared.class_index,
-                prepared.method,
-                deadline(context, received, request.timeout_ms),
-            )
+            with model.batcher.admit() as admission:
+                result, (region, original) = await self.run_image(
+                    model,
+                    admission,
+                    functools.partial(fit, functools.partial(_pixels, request, self.limits), model, request.resize),
+                    prepared.class_index,
+                    prepared.method,
+                    deadline(context, received, request.timeout_ms),
+                )
             call.queue_s = result.queue_s
             build = functools.partial(build_response, request, prepared, result, region, original, received)
             if request.heatmap_original_size:  # resizing a map to a large image is real work
                 return await asyncio.get_running_loop().run_in_executor(self.executor, build)
             return build()
+
+
+RESPONSE_OVERHEAD = 64 * 1024  # everything in a response but the heatmap, generously
+
+
+def _check_response_size(pixels: int, heatmap_type: int, limit: int):
+    size = pixels * (1 if heatmap_type == pb.HEATMAP_UINT8 else 4) + RESPONSE_OVERHEAD
+    if size > limit:
+        raise invalid(
+            f"a heatmap at the image's original size would make a {size / 2**20:.0f} MB response, over the "
+            f"{limit / 2**20:.0f} MB message limit: ask for heatmap_type uint8, a smaller image, or the map "
+            "at feature resolution (heatmap_at() resizes it on the client)"
+        )
 
 
 def deadline(context, received: float, timeout_ms: int = 0) -> float | None:

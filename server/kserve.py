@@ -6,9 +6,12 @@ Tensors as in the exported signature: inputs `images` (UINT8 [N,H,W,3]) or
 `logits`, `probabilities`, `class_index`, `heatmap`, `heatmap_scale`, as raw
 contents, only those requested when any are.
 
-Metadata and ModelConfig describe `images`, `class_index` and `method` the way
-perf_analyzer can drive them (it sends every input it is told of, so the
-alternative `image_bytes` is accepted but not advertised).
+Metadata and ModelConfig advertise `images` only: perf_analyzer fills every
+input it is told of with random data, and random class indices and method
+codes would be refused, so a default `perf_analyzer -m MODEL` run must not see
+them. `class_index`, `method` and the alternative `image_bytes` are accepted
+all the same (tritonclient users send them by name); ModelConfig's
+`parameters` list them for tools that look.
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ import grpc
 import numpy as np
 
 import camserve
-from camserve import geometry
 from camserve.kserve import grpc_predict_v2_pb2 as kpb
 from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
 from .decode import decode_encoded, decode_raw
-from .errors import RequestError, abort, as_request_error, invalid
-from .handler import Handler, Limits, deadline
+from .errors import RequestError, abort, invalid
+from .handler import Handler, Limits, check_targets, deadline, fit
 from .models import Registry, ServedModel
 from .streams import completion_order
 from .tensors import decode_inputs, encode_output
@@ -66,13 +68,20 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     # -- health and metadata -------------------------------------------------
     async def ServerLive(self, request, context):
-        return kpb.ServerLiveResponse(live=True)
+        return kpb.ServerLiveResponse(live=self.registry.live)
 
     async def ServerReady(self, request, context):
         return kpb.ServerReadyResponse(ready=self.registry.ready)
 
     async def ModelReady(self, request, context):
-        model = self.registry.find(request.name, _version(request.version))
+        """Not ready (rather than an error) for a model or version that is not served."""
+        try:
+            version = _version(request.version)
+            if not request.name and len(self.registry.versions) != 1:
+                raise invalid("name the model: ModelReady needs a model name when several are served")
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+        model = self.registry.find(request.name or next(iter(self.registry.versions)), version)
         return kpb.ModelReadyResponse(ready=model is not None and self.registry.ready)
 
     async def ServerMetadata(self, request, context):
@@ -85,11 +94,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=[str(v) for v in sorted(self.registry.versions.get(model.name, {}))],
             platform="tensorflow_savedmodel",
-            inputs=[
-                _tensor("images", "UINT8", [-1, model.height, model.width, 3]),
-                _tensor("class_index", "INT32", [-1, 1]),
-                _tensor("method", "INT32", [-1, 1]),
-            ],
+            inputs=[_tensor("images", "UINT8", [-1, model.height, model.width, 3])],
             outputs=[
                 _tensor("logits", "FP32", [-1, model.num_classes]),
                 _tensor("probabilities", "FP32", [-1, model.num_classes]),
@@ -112,8 +117,6 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 max_batch_size=options.max_batch_size,
                 input=[
                     kpb.ModelInput(name="images", data_type=kpb.TYPE_UINT8, format=kpb.ModelInput.FORMAT_NHWC, dims=[model.height, model.width, 3]),
-                    kpb.ModelInput(name="class_index", data_type=int32, dims=[1], optional=True),
-                    kpb.ModelInput(name="method", data_type=int32, dims=[1], optional=True),
                 ],
                 output=[
                     kpb.ModelOutput(name="logits", data_type=fp32, dims=[model.num_classes]),
@@ -132,6 +135,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                         ("head", model.head),
                         ("target_layer", model.metadata["target_layer"]),
                         ("methods", ",".join(model.methods)),
+                        ("optional_inputs", "class_index INT32 [N] (-1: top-1), method INT32 [N], image_bytes BYTES [N]"),
                     )
                 },
             )
@@ -153,19 +157,18 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         async def infer_one(request):
-            try:
-                return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context, "kserve_stream"))
-            except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
-                failure = as_request_error(err)
-                failed = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
-                return kpb.ModelStreamInferResponse(error_message=f"{failure.code.name}: {failure.message}", infer_response=failed)
+            return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context, "kserve_stream"))
 
-        async for response in completion_order(request_iterator, infer_one, self.handler.limits.stream_window):
+        def failed(request, failure):
+            response = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
+            return kpb.ModelStreamInferResponse(error_message=f"{failure.code.name}: {failure.message}", infer_response=response)
+
+        async for response in completion_order(request_iterator, infer_one, failed, self.handler.limits.stream_window):
             yield response
 
     async def _infer(self, request, context, api: str) -> kpb.ModelInferResponse:
         received = time.monotonic()
-        with self.handler.accounted(api) as call:
+        with self.handler.accounted(api, context) as call:
             call.model = model = self.registry.get(request.model_name, _version(request.model_version))
             tensors = image_inputs(model, request, self.handler.limits)
             wanted = [o.name for o in request.outputs] or list(OUTPUTS)
@@ -174,12 +177,13 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 raise invalid(f"unknown output(s) {unknown}; outputs are {', '.join(OUTPUTS)}")
             images, class_index, method = tensors
             until = deadline(context, received)
-            results = await asyncio.gather(
-                *(
-                    self.handler.run_image(model, prepare, int(c), int(m), until)
-                    for prepare, c, m in zip(images, class_index, method)
+            with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
+                results = await asyncio.gather(
+                    *(
+                        self.handler.run_image(model, admission, prepare, int(c), int(m), until)
+                        for prepare, c, m in zip(images, class_index, method)
+                    )
                 )
-            )
             call.queue_s = max(result.queue_s for result, _ in results)
             response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
             for name in wanted:
@@ -232,12 +236,6 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         )
 
 
-def _fit(pixels_fn, model: ServedModel):
-    image = pixels_fn()
-    canvas, _ = geometry.fit(image, model.height, model.width, geometry.STRETCH)
-    return canvas, None
-
-
 def image_inputs(model: ServedModel, request, limits: Limits):
     """(per-image prepare functions, class indices, method codes), all validated."""
     tensors = decode_inputs(request)
@@ -262,10 +260,7 @@ def image_inputs(model: ServedModel, request, limits: Limits):
     if n == 0 or n > limit:
         raise invalid(f"a request carries 1 to {limit} images; this one has {n}")
     class_index = _per_image(tensors, "class_index", n, -1)
-    method = _per_image(tensors, "method", n, 0)
-    if ((class_index < -1) | (class_index >= model.num_classes)).any():
-        raise invalid(f"class_index out of range for {model.num_classes} classes (-1: top-1): {class_index.tolist()}")
-    if ((method < 0) | (method >= len(model.methods))).any():
-        raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method.tolist()}")
-    return [functools.partial(_fit, p, model) for p in pixels], class_index, method
+    method = _per_image(tensors, "method", n, model.methods.index(model.default_method))
+    check_targets(model, class_index, method)
+    return [functools.partial(fit, p, model) for p in pixels], class_index, method
 

@@ -1,98 +1,203 @@
-"""Which versions a server holds, kept in step with the repository.
+"""Which versions a server holds, kept in step with what is on disk.
 
-Each pass compares the repository with the version policy: a version that
-should be served is loaded and warmed up off the event loop, then swapped in;
-only then is a version that should no longer be served taken out of the
-registry, and retired once the requests it accepted have finished. A version
-that fails to load or warm up is refused with a log line, never retried, and the
-versions already serving go on; under the `latest` policy the newest version
-that loads is served.
+Each pass, for every model (the repository's folders or the --model names,
+and any model still loaded whose folder has gone):
+- its config.json is read again when it changed (model_config.py); a bad file
+  keeps the last good configuration, and versions loaded under an older
+  configuration are loaded again under the new one and swapped;
+- the versions present, minus those refused for their current contents, go
+  through the version policy; those it wants that are not loaded are loaded and
+  warmed up off the event loop, newest first, and swapped in; under `latest`,
+  when the newest fails, the newest that loads serves;
+- only then are the loaded versions it no longer wants taken out and retired
+  after the requests they accepted. Deleting the newest version so rolls back:
+  the previous one is loaded first, then the deleted one retired;
+- a model whose folder is gone or lists no versions is left alone until it has
+  stayed so for EMPTY_PASSES passes (a sync in progress), then unloaded.
+A refused version is tried again once its folder's contents or its model's
+configuration change, and no sooner than its backoff (doubling from
+RETRY_BACKOFF up to MAX_BACKOFF).
+Every version's state is kept in the registry, logged when it changes, and
+exported as a metric.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from camserve.export import repository
 
-from .batcher import BatchingOptions
-from .models import Registry, ServedModel
+from . import model_config
+from .model_config import ConfigError, ModelConfig
+from .models import Registry, ServedModel, VersionState
 
 log = logging.getLogger("camserve.lifecycle")
 
 RETIRE_GRACE = 1.0  # seconds for calls that picked the old version just before the swap
+EMPTY_PASSES = 3
+RETRY_BACKOFF, MAX_BACKOFF = 1.0, 300.0
+LOADING, AVAILABLE, UNAVAILABLE, END = "LOADING", "AVAILABLE", "UNAVAILABLE", "END"
+STATES = (LOADING, AVAILABLE, UNAVAILABLE, END)
 
 
-@dataclass(frozen=True)
-class VersionPolicy:
-    kind: str = "latest"  # latest | all | specific
-    versions: tuple[int, ...] = ()
+def contents(folder: Path):
+    """What tells a changed version folder from an unchanged one."""
+    try:
+        return tuple(
+            sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file())
+        )
+    except OSError:  # changing while we look: it will differ next time
+        return None
 
-    def choose(self, available: list[int]) -> set[int]:
-        if self.kind == "all":
-            return set(available)
-        if self.kind == "specific":
-            return set(available) & set(self.versions)
-        return {max(available)} if available else set()
+
+@dataclass
+class Refusal:
+    contents: object
+    config: ModelConfig
+    retry_at: float
+    backoff: float
+
+
+@dataclass
+class _Config:
+    stamp: object
+    config: ModelConfig | None  # None: no good configuration yet
 
 
 class ModelManager:
-    def __init__(self, repo: Path, names, policy: VersionPolicy, registry: Registry, device: str, batching: BatchingOptions, metrics=None):
+    def __init__(self, repo: Path, names, defaults: ModelConfig, registry: Registry, device: str, metrics=None):
         self.repo = Path(repo)
         self.names = names
-        self.policy = policy
+        self.defaults = defaults
         self.registry = registry
         self.device = device
-        self.batching = batching
         self.metrics = metrics
-        self.refused: set[tuple[str, int]] = set()
+        self.refused: dict[tuple[str, int], Refusal] = {}
+        self._configs: dict[str, _Config] = {}
+        self._empty: dict[str, int] = {}
         self._retiring: set[asyncio.Task] = set()
+        self.on_crash = None  # told when a batcher dies
 
     def _model_names(self) -> list[str]:
         if not self.repo.is_dir():
             raise FileNotFoundError(f"model repository {self.repo} does not exist")
-        return self.names or sorted(p.name for p in self.repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+        on_disk = self.names or [p.name for p in self.repo.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return sorted(set(on_disk) | set(self.registry.versions))
 
     async def sync(self):
         """One pass over the repository."""
         for name in self._model_names():
-            available = [v for v in repository.versions(self.repo, name) if (name, v) not in self.refused]
-            loaded = set(self.registry.versions.get(name, {}))
-            wanted = self.policy.choose(available)
-            for version in sorted(wanted - loaded, reverse=True):
-                if await self._load(name, version) or self.policy.kind != "latest" or loaded:
-                    continue
-                # The newest failed and nothing serves this model yet: fall back to the newest that loads.
-                for older in sorted(set(available) - {version}, reverse=True):
-                    if await self._load(name, older):
-                        break
-            current = set(self.registry.versions.get(name, {}))
-            keep = self.policy.choose(sorted(current)) if self.policy.kind == "latest" else wanted
-            for version in current - keep:
-                self._retire(self.registry.versions[name][version])
+            await self._sync_model(name)
 
-    async def _load(self, name: str, version: int) -> bool:
+    async def _sync_model(self, name: str):
+        present = repository.versions(self.repo, name)
+        if not present:
+            self._empty[name] = self._empty.get(name, 0) + 1
+            if self._empty[name] == EMPTY_PASSES and name in self.registry.versions:
+                log.warning("%s: no versions on disk for %d passes; unloading the model", name, EMPTY_PASSES)
+                for model in list(self.registry.versions[name].values()):
+                    self._retire(model)
+            return
+        self._empty.pop(name, None)
+        config = self._config(name, present)
+        if config is None:
+            return
+        candidates = [v for v in present if self._may_try(name, v, config)]
+        wanted = config.policy.choose(candidates)
+        current = {v for v, m in self.registry.versions.get(name, {}).items() if m.config is config}
+        for version in sorted(wanted - current, reverse=True):
+            if await self._load(name, version, config) or config.policy.kind != "latest":
+                continue
+            for older in sorted((v for v in candidates if v < version), reverse=True):
+                if older in current or await self._load(name, older, config):
+                    break
+        self._retire_unwanted(name, present, wanted, config)
+
+    def _retire_unwanted(self, name: str, present: list[int], wanted: set[int], config: ModelConfig):
+        loaded = self.registry.versions.get(name, {})
+        if config.policy.kind == "latest":
+            fresh = [v for v in loaded if v in present]
+            keep = {max(fresh)} if fresh else set()
+        else:
+            keep = set(loaded) & wanted
+        if not keep:  # nothing wanted could load: serving something beats serving nothing
+            if loaded:
+                log.warning("%s: no wanted version could be loaded; still serving %s", name, sorted(loaded))
+            return
+        for version in set(loaded) - keep:
+            self._retire(loaded[version])
+
+    def _config(self, name: str, present: list[int]) -> ModelConfig | None:
+        file = model_config.path(self.repo, name)
+        stamp = model_config.stamp(file)
+        cached = self._configs.get(name)
+        if cached and cached.stamp == stamp:
+            return cached.config
+        previous = cached.config if cached else None
+        try:
+            config = model_config.load(file, self.defaults)
+        except ConfigError as err:
+            log.error("%s: %s; %s", name, err, "keeping the previous configuration" if previous else "not loading it")
+            if previous is None:
+                for version in present:
+                    self._set_state(name, version, UNAVAILABLE, f"bad configuration: {err}")
+            self._configs[name] = _Config(stamp, previous)
+            return previous
+        if previous is not None and config != previous:
+            log.info("%s: %s changed; reloading its versions with the new configuration", name, model_config.FILE)
+        self._configs[name] = _Config(stamp, config if config != previous else previous)
+        return self._configs[name].config
+
+    def _may_try(self, name: str, version: int, config: ModelConfig) -> bool:
+        refusal = self.refused.get((name, version))
+        if refusal is None:
+            return True
+        path = repository.version_dir(self.repo, name, version)
+        changed = refusal.config is not config or contents(path) != refusal.contents
+        if time.monotonic() < refusal.retry_at or not changed:
+            return False
+        log.info("%s version %d or its configuration changed since it was refused; trying again", name, version)
+        return True
+
+    async def _load(self, name: str, version: int, config: ModelConfig) -> bool:
         path = repository.version_dir(self.repo, name, version)
         loop = asyncio.get_running_loop()
+        self._set_state(name, version, LOADING)
+        before = contents(path)
         try:
             log.info("loading %s version %d from %s", name, version, path)
             # Loading and XLA compiles block for seconds: off the event loop, so calls go on meanwhile.
-            model = await loop.run_in_executor(None, ServedModel, path, self.device, self.batching, self.metrics)
+            model = await loop.run_in_executor(None, ServedModel, path, self.device, config, self.metrics)
             await loop.run_in_executor(None, model.warm_up, log.info)
         except Exception as err:  # noqa: BLE001 - any broken artifact is refused, never served
-            self.refused.add((name, version))
-            log.error("refused %s version %d: %s: %s", name, version, type(err).__name__, err)
+            backoff = self.refused[(name, version)].backoff * 2 if (name, version) in self.refused else RETRY_BACKOFF
+            backoff = min(backoff, MAX_BACKOFF)
+            self.refused[(name, version)] = Refusal(before, config, time.monotonic() + backoff, backoff)
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            self._set_state(name, version, UNAVAILABLE, reason)
+            log.error("refused %s version %d: %s (tried again when it changes)", name, version, reason)
+            if self.registry.versions.get(name, {}).get(version):  # still serving the older load of it
+                self._set_state(name, version, AVAILABLE)
             return False
+        self.refused.pop((name, version), None)
+        model.batcher.on_crash = self.on_crash
         model.batcher.start()
+        replaced = self.registry.versions.get(name, {}).get(version)
         self.registry.add(model)
+        if replaced is not None:
+            self._retire(replaced)
+        self._set_state(name, version, AVAILABLE)
         log.info("serving %s version %d on %s", name, version, self.device)
         return True
 
     def _retire(self, model: ServedModel):
         self.registry.remove(model)
+        if self.registry.versions.get(model.name, {}).get(model.version) is None:
+            self._set_state(model.name, model.version, END)
         log.info("retiring %s version %d after its accepted requests", model.name, model.version)
         task = asyncio.create_task(self._finish(model))
         self._retiring.add(task)
@@ -104,6 +209,15 @@ class ModelManager:
         await model.batcher.stop()
         await asyncio.get_running_loop().run_in_executor(None, model.close)
         log.info("retired %s version %d", model.name, model.version)
+
+    def _set_state(self, name: str, version: int, state: str, reason: str = ""):
+        new = VersionState(state, reason)
+        if self.registry.states.get((name, version)) == new:
+            return
+        self.registry.states[(name, version)] = new
+        log.info("%s version %d: %s%s", name, version, state, f" ({reason})" if reason else "")
+        if self.metrics:
+            self.metrics.version_state(name, version, state, STATES)
 
     async def watch(self, interval: float):
         while True:

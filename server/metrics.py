@@ -27,11 +27,17 @@ class Metrics:
         )
         self.padding = Counter("camserve_padding_slots", "Batch slots filled with padding", ["model"], registry=r)
         self.executed = Counter("camserve_executed_requests", "Requests that ran on the model", ["model"], registry=r)
+        self.batch_failures = Counter(
+            "camserve_batch_failures", "Model runs that raised, by exception type", ["model", "reason"], registry=r
+        )
         self.drops = Counter(
             "camserve_dropped_requests", "Requests dropped before running", ["model", "reason"], registry=r
         )
         self.depth = Gauge("camserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.in_flight = Gauge("camserve_in_flight_requests", "Calls being handled, from arrival to response", registry=r)
+        self.version_states = Gauge(
+            "camserve_model_version_state", "1 for the state each model version is in", ["model", "version", "state"], registry=r
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1"):
         start_http_server(port, addr=host, registry=self.registry)
@@ -41,6 +47,13 @@ class Metrics:
         self.padding.labels(model).inc(padded_size - requests)
         self.executed.labels(model).inc(requests)
         self.compute_time.labels(model).observe(compute_s)
+
+    def version_state(self, model: str, version: int, state: str, states: tuple[str, ...]):
+        for each in states:
+            self.version_states.labels(model, str(version), each).set(1 if each == state else 0)
+
+    def batch_failed(self, model: str, reason: str):
+        self.batch_failures.labels(model, reason).inc()
 
     def dropped(self, model: str, reason: str):
         self.drops.labels(model, reason).inc()

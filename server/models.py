@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,15 +16,18 @@ import tensorflow as tf
 
 from camserve.export import repository
 
-from .batcher import Batcher, BatchingOptions
+from . import phase
+from .batcher import Batcher
 from .errors import RequestError
+from .model_config import ModelConfig
 from .statistics import ModelStats
 
 log = logging.getLogger("camserve.models")
 
 class ServedModel:
-    def __init__(self, path: Path, device: str, options: BatchingOptions, metrics=None):
+    def __init__(self, path: Path, device: str, config: ModelConfig, metrics=None):
         self.path = Path(path)
+        self.config = config
         self.metadata = repository.read_metadata(path)
         # The repository's folders name the model, as in TF Serving: copies and renames just work.
         self.name = self.path.parent.name
@@ -34,12 +38,15 @@ class ServedModel:
         self.methods = list(self.metadata["methods"])
         self.classes = self.metadata.get("classes") or []
         self.head = self.metadata.get("head", "softmax")  # exports before heads had softmax only
+        self.default_method = config.default_method or self.methods[0]
+        if self.default_method not in self.methods:
+            raise ValueError(f"default_method {self.default_method!r} is not one of {', '.join(self.methods)}")
         # One thread runs the model: the device does one batch at a time anyway.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
         with tf.device(device):
             self._explain = tf.saved_model.load(str(path)).signatures["serving_default"]
         self.stats = ModelStats()
-        self.batcher = Batcher(self.run_batch, options, self._executor, self.stats, metrics, name=self.name)
+        self.batcher = Batcher(self.run_batch, config.batching, self._executor, self.stats, metrics, name=self.name)
 
     def run_batch(self, images: np.ndarray, class_index: np.ndarray, method: np.ndarray) -> dict:
         with tf.device(self.device):
@@ -49,7 +56,11 @@ class ServedModel:
         return {name: value.numpy() for name, value in outputs.items()}
 
     def warm_up(self, say=print):
-        """Compiles every batch size of the ladder before the model takes traffic."""
+        """Compiles every batch size of the ladder before the model takes traffic
+        (unless its config says warm_up: false)."""
+        if not self.config.warm_up:
+            say(f"warm-up {self.name} v{self.version}: skipped (config); each batch size compiles on first use")
+            return
         for size in self.batcher.ladder:
             started = time.perf_counter()
             self.run_batch(
@@ -63,19 +74,32 @@ class ServedModel:
         self._executor.shutdown(wait=True)
 
 
+@dataclass
+class VersionState:
+    """LOADING, AVAILABLE, UNAVAILABLE (with the reason) or END, as in TF Serving."""
+
+    state: str
+    reason: str = ""
+
+
 class Registry:
     """Every loaded version of every model; requests get the newest version
-    unless they name one. A version enters only once it is warmed up."""
+    unless they name one. A version enters only once it is warmed up.
+    `states` also knows the versions that are loading, refused or retired."""
 
     def __init__(self):
         self.versions: dict[str, dict[int, ServedModel]] = {}
-        self.loaded = False  # the first pass over the repository is done
-        self.draining = False  # shutting down: not ready, though calls are still answered
-        self.refusing = False  # shutting down: new calls get UNAVAILABLE
+        self.states: dict[tuple[str, int], VersionState] = {}
+        self.phase = phase.STARTING  # the server's, kept here where requests look it up
+        self.crashed: BaseException | None = None  # a batcher died: not ready, not live
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.draining
+        return self.phase == phase.SERVING and self.crashed is None
+
+    @property
+    def live(self) -> bool:
+        return self.crashed is None
 
     def all(self) -> list[ServedModel]:
         return [m for name in sorted(self.versions) for _, m in sorted(self.versions[name].items())]
@@ -84,7 +108,12 @@ class Registry:
         self.versions.setdefault(model.name, {})[model.version] = model
 
     def remove(self, model: ServedModel):
-        self.versions.get(model.name, {}).pop(model.version, None)
+        """Takes `model` out, unless a newer load of the same version replaced it."""
+        loaded = self.versions.get(model.name, {})
+        if loaded.get(model.version) is model:
+            del loaded[model.version]
+            if not loaded:
+                del self.versions[model.name]
 
     def find(self, name: str, version: int = 0) -> ServedModel | None:
         """The named version, or the newest loaded one; None when there is none."""
@@ -95,19 +124,23 @@ class Registry:
 
     def get(self, name: str, version: int = 0) -> ServedModel:
         """The model a request runs on, or the status that says why there is none."""
-        if self.refusing:
+        if self.phase == phase.STOPPING:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         if not name and len(self.versions) == 1:
             name = next(iter(self.versions))
-        if name not in self.versions:
-            if not self.loaded:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models")
-            known = ", ".join(sorted(self.versions)) or "none"
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {known})")
+        if name not in self.versions and self.phase == phase.STARTING:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models")
+        known = ", ".join(sorted(self.versions)) or "none"
+        if not name:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"name the model: this server serves {known}")
         model = self.find(name, version)
-        if model is None and version:
-            loaded = ", ".join(map(str, sorted(self.versions[name]))) or "none"
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not loaded (loaded: {loaded})")
-        if model is None:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} has no version loaded yet")
-        return model
+        if model is not None:
+            return model
+        states = {v: s for (n, v), s in self.states.items() if n == name and (v == version or not version)}
+        if any(s.state == "LOADING" for s in states.values()):
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} is loading; retry shortly")
+        why = "".join(f"; version {v} is {s.state}{': ' + s.reason if s.reason else ''}" for v, s in sorted(states.items()))
+        if name in self.versions:
+            loaded = ", ".join(map(str, sorted(self.versions[name])))
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not loaded (loaded: {loaded}){why}")
+        raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {known}){why}")

@@ -3,6 +3,7 @@ that need a real server: start it, watch its health and metrics, stop it."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -26,14 +27,22 @@ class ServerProcess:
     """`camserve serve --repo REPO ARGS...` on free loopback ports."""
 
     def __init__(
-        self, repo: Path, log: Path, *args: str, command: list[str] | None = None, port: int | None = None, credentials=None
+        self,
+        repo: Path,
+        log: Path,
+        *args: str,
+        command: list[str] | None = None,
+        port: int | None = None,
+        credentials=None,
+        metrics_host: str = "127.0.0.1",
     ):
         self.port, self.metrics_port = port or free_port(), free_port()
+        self.metrics_host = metrics_host
         self.target = f"127.0.0.1:{self.port}"
         self.log = log
         if command is None:
             command = [sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
-            command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), *args]
+            command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--metrics-host", metrics_host, *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         # Reconnect quickly: the default backoff (1 s and growing) would miss the warm-up window.
         fast = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
@@ -62,7 +71,7 @@ class ServerProcess:
 
     def metrics(self) -> dict[tuple, float]:
         """{(sample name, sorted labels): value}"""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        text = urllib.request.urlopen(f"http://{self.metrics_host}:{self.metrics_port}/metrics", timeout=5).read().decode()
         return {
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text)
@@ -83,3 +92,14 @@ class ServerProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def serving(repo: Path, log: Path, *args: str, **options):
+    """A ServerProcess that is SERVING inside the block and stopped after it."""
+    process = ServerProcess(repo, log, *args, **options)
+    try:
+        process.wait_for("SERVING")
+        yield process
+    finally:
+        process.terminate()

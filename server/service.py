@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
-from .errors import abort, as_request_error
+from .errors import abort
 from .handler import Handler
 from .models import Registry, ServedModel
 from .streams import completion_order
@@ -51,21 +53,31 @@ class CamServeService(pb_grpc.CamServeServicer):
         """Responses in completion order, each tagged with its request's id; a bad
         request answers with `error` and the stream goes on."""
 
-        async def explain_one(request):
-            try:
-                return await self.handler.explain(request, context, "native_stream")
-            except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
-                failure = as_request_error(err)
-                return pb.ExplainResponse(id=request.id, error=pb.Error(code=failure.code.value[0], message=failure.message))
+        def failed(request, failure):
+            return pb.ExplainResponse(id=request.id, error=pb.Error(code=failure.code.value[0], message=failure.message))
 
-        async for response in completion_order(request_iterator, explain_one, self.handler.limits.stream_window):
+        explain = functools.partial(self.handler.explain, context=context, api="native_stream")
+        async for response in completion_order(request_iterator, explain, failed, self.handler.limits.stream_window):
             yield response
 
     async def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.all()])
+        """The served versions, then those loading or refused."""
+        others = [
+            pb.ModelInfo(name=name, version=version, state=s.state, state_reason=s.reason)
+            for (name, version), s in sorted(self.registry.states.items())
+            if s.state in ("LOADING", "UNAVAILABLE") and self.registry.find(name, version) is None
+        ]
+        return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.all()] + others)
 
     async def GetModel(self, request, context):
+        if request.version < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"version {request.version} is not a version number")
         model = self.registry.find(request.model, request.version)
-        if model is None:
+        if model is not None:
+            return model_info(model)
+        known = sorted((v, s) for (n, v), s in self.registry.states.items() if n == request.model)
+        matches = [(v, s) for v, s in known if v == request.version] if request.version else known[-1:]
+        if not matches:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} version {request.version or 'latest'} is not served here")
-        return model_info(model)
+        version, state = matches[0]
+        return pb.ModelInfo(name=request.model, version=version, state=state.state, state_reason=state.reason)

@@ -4,23 +4,36 @@ and responses go out in completion order.
 A stream has at most `window` requests in flight (read and not yet answered):
 the next one is read only when a slot frees, so a sender that writes faster
 than the model answers is held back by gRPC's flow control instead of filling
-the batch queue, where its surplus would be shed with RESOURCE_EXHAUSTED."""
+the batch queue, where its surplus would be shed with RESOURCE_EXHAUSTED.
+One request's failure becomes its own response (`failed` builds it, each API
+its envelope) and the stream goes on."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import AsyncIterator, Awaitable, Callable
 
+from .errors import RequestError, as_request_error
+
 _END = object()  # closes a stream's response queue
 
 
-async def completion_order(requests: AsyncIterator, handle: Callable[[object], Awaitable[object]], window: int):
+async def completion_order(
+    requests: AsyncIterator,
+    handle: Callable[[object], Awaitable[object]],
+    failed: Callable[[object, RequestError], object],
+    window: int,
+):
     done: asyncio.Queue = asyncio.Queue()
     slots = asyncio.Semaphore(window)
     pending: set[asyncio.Task] = set()
 
     async def handle_one(request):
-        await done.put(await handle(request))
+        try:
+            response = await handle(request)
+        except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
+            response = failed(request, as_request_error(err))
+        await done.put(response)
 
     async def read_all():
         try:

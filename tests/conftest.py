@@ -47,20 +47,12 @@ def server_repo(exports, tmp_path_factory):
     return repo
 
 
-def _serving(repo, log, *args):
-    from camserve.server.process import ServerProcess
-
-    process = ServerProcess(repo, log, "--max-batch-size", "8", *args)
-    try:
-        process.wait_for("SERVING")
-        yield process
-    finally:
-        process.terminate()
-
-
 @pytest.fixture(scope="session")
 def server(server_repo, tmp_path_factory):
-    yield from _serving(server_repo, tmp_path_factory.mktemp("logs") / "server.log")
+    from camserve.server.process import serving
+
+    with serving(server_repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "8") as process:
+        yield process
 
 
 SHAPED_BACKGROUND = 0x3366CC  # not the default white, so tests can tell the flag took effect
@@ -76,5 +68,8 @@ def shaped_server(exports, tmp_path_factory):
     for kind in ("wide", "tall"):
         path, *_ = exports.get(kind)
         shutil.copytree(path, repo / kind / "1")
+    from camserve.server.process import serving
+
     log = tmp_path_factory.mktemp("logs") / "shaped_server.log"
-    yield from _serving(repo, log, "--background", f"{SHAPED_BACKGROUND:06X}")
+    with serving(repo, log, "--max-batch-size", "8", "--background", f"{SHAPED_BACKGROUND:06X}") as process:
+        yield process

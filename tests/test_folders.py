@@ -13,7 +13,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from camserve.client import Client
-from camserve.server.process import ServerProcess
+from camserve.server.process import serving
 from tests import models
 
 SIZE = models.SIZE
@@ -23,12 +23,8 @@ IMAGE = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint
 @pytest.fixture(scope="module")
 def small_queue(server_repo, tmp_path_factory):
     """max_batch_size 32 (the default), at most 8 waiting: the stream window is 8."""
-    process = ServerProcess(server_repo, tmp_path_factory.mktemp("logs") / "small_queue.log", "--max-enqueued", "8")
-    try:
-        process.wait_for("SERVING")
+    with serving(server_repo, tmp_path_factory.mktemp("logs") / "small_queue.log", "--max-enqueued", "8") as process:
         yield process
-    finally:
-        process.terminate()
 
 
 def test_a_stream_pushed_all_at_once_is_not_shed(small_queue):

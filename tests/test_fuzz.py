@@ -160,6 +160,47 @@ def test_kserve_requests_get_documented_statuses(channel, request):
     assert_documented(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request)
 
 
+names = st.sampled_from(["tiny", "", "nope", "tiny\x00", "../tiny"])
+FEW = settings(FUZZ, max_examples=40)
+
+
+@FEW
+@given(name=names, version=st.integers(-(2**63), 2**63 - 1), text_version=st.sampled_from(["", "1", "abc", "-1", "99", "1.5"]))
+def test_every_metadata_rpc_gets_documented_statuses(channel, name, version, text_version):
+    native = pb_grpc.CamServeStub(channel)
+    assert_documented(native.GetModel, pb.GetModelRequest(model=name, version=version))
+    assert_documented(native.ListModels, pb.ListModelsRequest())
+    kserve = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    assert_documented(kserve.ModelReady, service_pb2.ModelReadyRequest(name=name, version=text_version))
+    assert_documented(kserve.ModelMetadata, service_pb2.ModelMetadataRequest(name=name, version=text_version))
+    assert_documented(kserve.ModelConfig, service_pb2.ModelConfigRequest(name=name, version=text_version))
+    assert_documented(kserve.ModelStatistics, service_pb2.ModelStatisticsRequest(name=name, version=text_version))
+    for rpc, request in (
+        (kserve.ServerLive, service_pb2.ServerLiveRequest()),
+        (kserve.ServerReady, service_pb2.ServerReadyRequest()),
+        (kserve.ServerMetadata, service_pb2.ServerMetadataRequest()),
+    ):
+        assert_documented(rpc, request)
+
+
+@FEW
+@given(requests=st.lists(native_requests(), min_size=1, max_size=6))
+def test_native_streams_answer_every_request_with_documented_statuses(channel, requests):
+    responses = list(pb_grpc.CamServeStub(channel).ExplainStream(iter(requests), timeout=60))
+    assert len(responses) == len(requests)
+    codes = {grpc.StatusCode.OK if not r.HasField("error") else next(c for c in grpc.StatusCode if c.value[0] == r.error.code) for r in responses}
+    assert codes <= DOCUMENTED, codes
+
+
+@FEW
+@given(requests=st.lists(kserve_requests(), min_size=1, max_size=4))
+def test_kserve_streams_answer_every_request_with_documented_statuses(channel, requests):
+    responses = list(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(requests), timeout=60))
+    assert len(responses) == len(requests)
+    for r in responses:
+        assert not r.error_message or r.error_message.split(":")[0] in {c.name for c in DOCUMENTED}, r.error_message
+
+
 def test_server_is_healthy_after_fuzzing(server, channel):
     native_stub = pb_grpc.CamServeStub(channel)
     assert server.health() == "SERVING"

@@ -148,17 +148,13 @@ def head_server(exports, tmp_path_factory):
     """binary and sigmoid heads served side by side."""
     import shutil
 
-    from camserve.server.process import ServerProcess
+    from camserve.server.process import serving
 
     repo = tmp_path_factory.mktemp("heads") / "repo"
     for kind in ("binary", "sigmoid"):
         shutil.copytree(exports.get(kind)[0], repo / kind / "1")
-    process = ServerProcess(repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "4")
-    try:
-        process.wait_for("SERVING")
+    with serving(repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "4") as process:
         yield process
-    finally:
-        process.terminate()
 
 
 def test_binary_head_over_the_wire_has_two_classes_and_both_maps(exports, head_server):

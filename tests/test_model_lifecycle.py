@@ -7,6 +7,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 
 from camserve.client import Client
 from camserve.server.process import ServerProcess
@@ -57,7 +58,8 @@ def test_hot_swap_under_load_and_broken_versions_refused(exports, tmp_path):
         for t in threads:
             t.join()
         with Client(server.target, model="m") as client:
-            served = [(m.name, m.version) for m in client.list_models()]
+            served = [(m.name, m.version, m.state) for m in client.list_models()]
+            refused = client.get_model("m", 3)
             assert client.explain(image).version == 2
     finally:
         stop.set()
@@ -69,5 +71,161 @@ def test_hot_swap_under_load_and_broken_versions_refused(exports, tmp_path):
     assert versions[0] == 1 and versions[-1] == 2 and 2 in versions
     first_v2 = versions.index(2)
     assert all(v == 2 for v in versions[first_v2 + 8 :]), "once swapped, new requests go to version 2"
-    assert served == [("m", 2)], "version 1 is retired"
+    assert served == [("m", 2, "AVAILABLE"), ("m", 3, "UNAVAILABLE")], "version 1 is retired, 3 refused"
+    assert "saved_model.pb" in refused.state_reason or "SavedModel" in refused.state_reason, refused.state_reason
     assert "refused m version 3" in log and "retired m version 1" in log
+
+
+def eventually(condition, timeout=60.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return False
+
+
+def state(client, name, version=0):
+    """The version's state, or the status code when GetModel refuses."""
+    try:
+        return client.get_model(name, version).state
+    except grpc.RpcError as err:
+        return err.code()
+
+
+class Load:
+    """Callers that explain in a loop and record (time, version or status code)."""
+
+    def __init__(self, target, model, callers=3):
+        self.outcomes, self.stop = [], threading.Event()
+        self.image = np.random.default_rng(1).integers(0, 256, (models.SIZE, models.SIZE, 3), dtype=np.uint8)
+        self.threads = [threading.Thread(target=self._run, args=(target, model)) for _ in range(callers)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, target, model):
+        with Client(target, model=model, retries=0) as client:
+            while not self.stop.is_set():
+                try:
+                    self.outcomes.append((time.monotonic(), client.explain(self.image, timeout=30).version))
+                except grpc.RpcError as err:
+                    self.outcomes.append((time.monotonic(), err.code()))
+
+    def latest(self):
+        return self.outcomes[-1][1] if self.outcomes else None
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        return [o for _, o in self.outcomes]
+
+
+def test_deleting_the_newest_version_rolls_back_and_a_fixed_version_is_retried(exports, tmp_path):
+    v1, *_ = exports.get("functional")
+    v2, *_ = exports.get("softmax_layer")
+    repo = tmp_path / "repo"
+    publish(v1, repo, "m", 1)
+    publish(v2, repo, "m", 2)
+    poll = 0.5
+    server = ServerProcess(repo, tmp_path / "server.log", "--poll-seconds", str(poll), "--max-batch-size", "2")
+    load = None
+    try:
+        server.wait_for("SERVING")
+        load = Load(server.target, "m")
+        assert eventually(lambda: load.latest() == 2)
+        shutil.rmtree(repo / "m" / "2")
+        deleted = time.monotonic()
+        assert eventually(lambda: load.latest() == 1), "deleting version 2 rolls back to version 1"
+        rolled_back = time.monotonic() - deleted
+        time.sleep(6 * poll)  # several more passes: version 1 must stay, not be reloaded
+        outcomes = load.finish()
+
+        # A half-copied version is refused, then served once its folder is complete.
+        broken = repo / "m" / "3"
+        shutil.copytree(v2, broken)
+        (broken / "saved_model.pb").write_bytes(b"half copied")
+        with Client(server.target, model="m") as client:
+            assert eventually(lambda: state(client, "m", 3) == "UNAVAILABLE")
+            assert client.explain(load.image).version == 1
+            assert server.metric("camserve_model_version_state", model="m", version="3", state="UNAVAILABLE") == 1
+            time.sleep(4 * poll)
+            shutil.copy(v2 / "saved_model.pb", broken / "saved_model.pb")
+            assert eventually(lambda: client.explain(load.image).version == 3), server.log_tail()
+            assert client.get_model("m", 1).state == "END"
+    finally:
+        if load:
+            load.finish()
+        server.terminate()
+    log = server.log.read_text()
+    assert not [o for o in outcomes if not isinstance(o, int)], "no request fails during the rollback"
+    assert outcomes[-1] == 1 and set(outcomes) == {1, 2}
+    print(f"rollback took {rolled_back:.1f}s with a {poll}s poll")
+    assert log.count("loading m version 1 ") == 1, "no reload loop"
+    assert log.count("retired m version 1") == 1 and "retired m version 2" in log
+    assert log.count("loading m version 3 ") == 2, "the refused version is tried once, and once more after the fix"
+
+
+def test_models_follow_their_folders_and_config(exports, tmp_path):
+    a, *_ = exports.get("functional")
+    repo = tmp_path / "repo"
+    for name in ("a", "b", "bad"):
+        publish(a, repo, name, 1)
+    (repo / "b" / "config.json").write_text('{"max_batch_size": 2, "default_method": "gradcam++"}')
+    (repo / "bad" / "config.json").write_text('{"max_batch_size": 0}')
+    poll = 0.3
+    server = ServerProcess(repo, tmp_path / "server.log", "--poll-seconds", str(poll), "--max-batch-size", "4")
+    image = np.zeros((models.SIZE, models.SIZE, 3), np.uint8)
+    try:
+        server.wait_for("SERVING")
+        with Client(server.target) as client:
+            assert list(client.get_model("a").batch_sizes) == [1, 2, 4]
+            assert list(client.get_model("b").batch_sizes) == [1, 2]
+            assert client.explain(image, model="b").method == "gradcam++"
+            bad = client.get_model("bad")
+            assert bad.state == "UNAVAILABLE" and "max_batch_size must be a number >= 1, got 0" in bad.state_reason
+            with pytest.raises(grpc.RpcError) as err:
+                client.explain(image)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name the model" in err.value.details()
+
+            # A changed config is read again; a bad one keeps the last good one.
+            (repo / "b" / "config.json").write_text('{"max_batch_size": 4}')
+            assert eventually(lambda: list(client.get_model("b").batch_sizes) == [1, 2, 4])
+            assert client.explain(image, model="b").method == "gradcam"
+            (repo / "b" / "config.json").write_text('{"max_batch_size": "many"}')
+            time.sleep(4 * poll)
+            assert list(client.get_model("b").batch_sizes) == [1, 2, 4]
+
+            # A folder that lists empty for one pass (a sync in progress) is left alone...
+            (repo / "a").rename(repo / ".a-moving")
+            time.sleep(poll)
+            (repo / ".a-moving").rename(repo / "a")
+            time.sleep(4 * poll)
+            assert client.explain(image, model="a").version == 1
+            # ...one that stays gone is unloaded.
+            shutil.rmtree(repo / "a")
+            assert eventually(lambda: state(client, "a") == "END")
+            with pytest.raises(grpc.RpcError) as err:
+                client.explain(image, model="a")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.terminate()
+    log = server.log.read_text()
+    assert "unloading the model" in log and log.count("loading a version 1 ") == 1
+    assert "max_batch_size must be a number >= 1, got 'many'" in log
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-batch-size", "0"], "max batch size must be at least 1, got 0"),
+        (["--max-enqueued", "0"], "max enqueued must be at least 1"),
+        (["--allowed-batch-sizes", "1", "3", "--max-batch-size", "4"], "largest allowed batch size (3) must equal the max batch size (4)"),
+        (["--version-policy", "specific"], "needs the versions to serve"),
+    ],
+)
+def test_bad_flags_are_refused_with_a_message(tmp_path, capsys, flags, message):
+    from camserve.cli import main
+
+    assert main(["serve", "--repo", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err

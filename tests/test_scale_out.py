@@ -1,6 +1,9 @@
-"""Three replicas on loopback behind the client's round-robin balancing: one is
-killed outright under load and no request fails."""
+"""Three replicas on loopback behind the client's round-robin balancing: under a
+load of 1 MB images, one drains (SIGTERM) and one is killed outright, and no
+request fails (retries replay the whole message; health checks route away
+from the draining one)."""
 
+import signal
 import threading
 import time
 
@@ -12,9 +15,10 @@ from camserve.server.process import ServerProcess
 from tests import models
 
 
-def test_killing_a_replica_under_load_fails_no_request(server_repo, tmp_path):
+def test_draining_and_killing_replicas_under_load_fails_no_request(server_repo, tmp_path):
     replicas = [ServerProcess(server_repo, tmp_path / f"replica{i}.log") for i in range(3)]
-    image = np.zeros((models.SIZE, models.SIZE, 3), np.uint8)
+    # 1 MB of raw pixels: four times gRPC's default retry buffer.
+    image = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
     outcomes, stop = [], threading.Event()
 
     def load(c):
@@ -34,13 +38,16 @@ def test_killing_a_replica_under_load_fails_no_request(server_repo, tmp_path):
                 t.start()
             time.sleep(1.5)
             spread = [r.metric("camserve_requests_total", model="tiny") for r in replicas]
-            replicas[0].process.kill()  # no drain, no goodbye
+            replicas[0].process.send_signal(signal.SIGTERM)  # drain: health NOT_SERVING, then refusals
+            time.sleep(0.5)
+            replicas[1].process.kill()  # no drain, no goodbye
             before_kill = len(outcomes)
-            time.sleep(2.5)
+            time.sleep(3.0)
             stop.set()
             for t in threads:
                 t.join()
-        survivors = [r.metric("camserve_requests_total", model="tiny") for r in replicas[1:]]
+        survivor = replicas[2].metric("camserve_requests_total", model="tiny")
+        drained = replicas[0].process.wait(60)
     finally:
         stop.set()
         for replica in replicas:
@@ -49,4 +56,4 @@ def test_killing_a_replica_under_load_fails_no_request(server_repo, tmp_path):
     assert len(outcomes) > before_kill + 20, "load went on after the kill"
     failures = [o for o in outcomes if o != grpc.StatusCode.OK]
     assert not failures, f"{len(failures)} of {len(outcomes)} requests failed: {set(failures)}"
-    assert all(count > spread_count for count, spread_count in zip(survivors, spread[1:]))
+    assert survivor > spread[2] and drained == 0

@@ -207,8 +207,8 @@ BAD = {
     "five channels": (dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0" * 20, height=2, width=2, channels=5))), grpc.StatusCode.INVALID_ARGUMENT, "expected 1, 2, 3 or 4"),
     "unknown model": (dict(model="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' is not served here"),
     "unknown version": (dict(version=9), grpc.StatusCode.NOT_FOUND, "version 9 is not loaded"),
-    "class out of range": (dict(class_index=models.CLASSES), grpc.StatusCode.INVALID_ARGUMENT, "class_index 5 is out of range"),
-    "negative class": (dict(class_index=-2), grpc.StatusCode.INVALID_ARGUMENT, "class_index -2 is out of range"),
+    "class out of range": (dict(class_index=models.CLASSES), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1: top-1): [5]"),
+    "negative class": (dict(class_index=-2), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1: top-1): [-2]"),
     "unknown method": (dict(method="lime"), grpc.StatusCode.INVALID_ARGUMENT, "unknown method 'lime'"),
 }
 

@@ -35,20 +35,24 @@ def slow_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def strict(slow_repo, tmp_path_factory):
-    """One request a batch, at most 16 waiting; health is watched from the first moment."""
+    """One request a batch, at most 16 waiting; readiness and liveness are watched
+    from the first moment; metrics on another loopback address than gRPC."""
     process = ServerProcess(
         slow_repo,
         tmp_path_factory.mktemp("logs") / "strict.log",
         *("--max-batch-size", "1", "--max-enqueued", "16", "--shutdown-delay", "1.5", "--drain-timeout", "20"),
         *("--max-message-mb", "1", "--max-pixels", "500000"),
+        metrics_host="127.0.0.2",
     )
-    seen = []
+    seen, live_while_warming = [], set()
     while process.process.poll() is None and "SERVING" not in seen:
         status = process.health()
+        if status == "NOT_SERVING":
+            live_while_warming.add(process.health("camserve.liveness"))
         if status and (not seen or seen[-1] != status):
             seen.append(status)
         time.sleep(0.02)
-    process.seen_at_start = seen
+    process.seen_at_start, process.live_while_warming = seen, live_while_warming
     yield process
     process.terminate()
 
@@ -78,6 +82,21 @@ def test_health_is_not_serving_until_warm_up_ends(strict):
     assert strict.seen_at_start == ["NOT_SERVING", "SERVING"]
 
 
+def test_liveness_stays_serving_through_warm_up(strict):
+    """A liveness probe must not restart a pod whose warm-up is slow."""
+    assert strict.live_while_warming == {"SERVING"}
+    assert strict.health("camserve.liveness") == "SERVING"
+
+
+def test_metrics_listen_on_the_configured_host(strict):
+    import urllib.error
+    import urllib.request
+
+    assert strict.metric("camserve_in_flight_requests") >= 0  # read at 127.0.0.2
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{strict.metrics_port}/metrics", timeout=2)
+
+
 def test_message_and_pixel_limits_are_clear(strict):
     with Client(strict.target, model="slow", retries=0) as client:
         with pytest.raises(grpc.RpcError) as err:
@@ -104,11 +123,14 @@ def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
     ones expire while queued, are dropped unrun, and the metrics say so."""
     executed_before = strict.metric("camserve_executed_requests_total", model="slow")
     dropped_before = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline")
+    counted_before = strict.metric("camserve_requests_total", model="slow", code="DEADLINE_EXCEEDED")
     outcomes = flood(strict.target, 16, timeout=0.08)
     codes = [code for code, _ in outcomes]
     expired = codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)
     assert expired > 0 and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
     time.sleep(0.5)  # let the batcher reach the expired ones
+    counted = strict.metric("camserve_requests_total", model="slow", code="DEADLINE_EXCEEDED") - counted_before
+    assert counted == expired, "expiries are counted as DEADLINE_EXCEEDED, not CANCELLED"
     executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
     dropped = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline") - dropped_before
     assert dropped > 0, "some requests should have expired in the queue"
@@ -178,3 +200,58 @@ def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
     after = {c for started, c in outcomes if started >= signalled[0]}
     assert after <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert grpc.StatusCode.UNAVAILABLE in after, "calls during the drain should be refused UNAVAILABLE"
+
+
+def rss_kb(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_a_burst_of_large_images_is_shed_before_work_within_the_memory_bound(slow_repo, tmp_path):
+    """160 calls (20x the queue) of 3 MB images at once: the admitted ones run, the
+    rest get RESOURCE_EXHAUSTED before decoding, and the server's memory grows by less than
+    the README's bound: max_concurrent_rpcs x max message x 4 (gRPC's transport
+    buffers, the bytes, the parsed message, the allocator's slack for each) +
+    decode threads x max_pixels x 16 bytes + 64 MB (canvases are negligible here). Before admission came first, this burst grew
+    the server by about 600 MB, growing with the burst."""
+    import cv2
+
+    flags = {"--max-enqueued": 8, "--max-batch-size": 1, "--max-concurrent-rpcs": 16, "--max-message-mb": 4}
+    flags |= {"--max-pixels": 1_100_000, "--decode-threads": 2}
+    server = ServerProcess(slow_repo, tmp_path / "burst.log", *(str(v) for kv in flags.items() for v in kv))
+    noise = np.random.default_rng(1).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    png = cv2.imencode(".png", noise)[1].tobytes()
+    assert len(png) > 2.5e6
+
+    async def burst():
+        async with AsyncClient(server.target, model="slow", retries=0, health_check=False) as client:
+
+            async def one():
+                try:
+                    await client.explain(png, timeout=60)
+                    return grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as err:
+                    return err.code()
+
+            return await asyncio.gather(*(one() for _ in range(160)))
+
+    try:
+        server.wait_for("SERVING")
+        pid = server.process.pid
+        flood(server.target, 2, timeout=30)  # first calls allocate gRPC's and the decoders' steady state
+        open(f"/proc/{pid}/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now
+        before = rss_kb(pid, "VmRSS")
+        outcomes = asyncio.run(burst())
+        peak = rss_kb(pid, "VmHWM")
+    finally:
+        server.terminate()
+    assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(outcomes)
+    served, refused = outcomes.count(grpc.StatusCode.OK), outcomes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    # How many are refused depends on how fast one client's connection delivers 480 MB.
+    assert served >= 8 and refused >= 16
+    bound_mb = 16 * 4 * 4 + 2 * 1_100_000 * 16 / 2**20 + 64
+    grown_mb = (peak - before) / 1024
+    print(f"burst: {served} served, {refused} refused; RSS grew {grown_mb:.0f} MB (bound {bound_mb:.0f} MB)")
+    assert grown_mb < bound_mb

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from camserve.client import AsyncClient, Client
-from camserve.server.process import ServerProcess
+from camserve.server.process import serving
 from tests import models
 
 SIZE = models.SIZE
@@ -20,12 +20,8 @@ WINDOW = 4
 def windowed(server_repo, tmp_path_factory):
     """Batches of up to 8, but one stream may have only 4 requests in flight."""
     args = ("--max-batch-size", "8", "--stream-window", str(WINDOW))
-    process = ServerProcess(server_repo, tmp_path_factory.mktemp("logs") / "windowed.log", *args)
-    try:
-        process.wait_for("SERVING")
+    with serving(server_repo, tmp_path_factory.mktemp("logs") / "windowed.log", *args) as process:
         yield process
-    finally:
-        process.terminate()
 
 
 def noise(count: int, size=(SIZE, SIZE), seed=0) -> list[np.ndarray]:

@@ -182,7 +182,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_height", "input_width", "preprocess", "target_layer", "feature_height", "feature_width", "methods", "classes", "num_classes", "device", "batch_sizes", "state", "tensorflow", "keras", "head")
+    __slots__ = ("name", "version", "input_height", "input_width", "preprocess", "target_layer", "feature_height", "feature_width", "methods", "classes", "num_classes", "device", "batch_sizes", "state", "tensorflow", "keras", "head", "state_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class ModelInfo(_message.Message):
     TENSORFLOW_FIELD_NUMBER: _ClassVar[int]
     KERAS_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     input_height: int
@@ -217,4 +218,5 @@ class ModelInfo(_message.Message):
     tensorflow: str
     keras: str
     head: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., preprocess: _Optional[str] = ..., target_layer: _Optional[str] = ..., feature_height: _Optional[int] = ..., feature_width: _Optional[int] = ..., methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., num_classes: _Optional[int] = ..., device: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., tensorflow: _Optional[str] = ..., keras: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
+    state_reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., preprocess: _Optional[str] = ..., target_layer: _Optional[str] = ..., feature_height: _Optional[int] = ..., feature_width: _Optional[int] = ..., methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., num_classes: _Optional[int] = ..., device: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., tensorflow: _Optional[str] = ..., keras: _Optional[str] = ..., head: _Optional[str] = ..., state_reason: _Optional[str] = ...) -> None: ...

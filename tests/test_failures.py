@@ -1,0 +1,139 @@
+"""Failures are visible and bounded: a model run that raises is logged with its
+cause, counted, answered INTERNAL with an error id (never TensorFlow's text), and
+fails only the request that caused it; a dead batcher fails health."""
+
+import asyncio
+import json
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from camserve.client import Client
+from camserve.server.process import serving
+
+SIZE = 8
+POISON = 255  # a first pixel of this value makes the model raise
+
+
+class Poisoned(tf.Module):
+    """The exported signature's contract, failing at run time on poisoned images."""
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+        ]
+    )
+    def explain(self, images, class_index, method):
+        check = tf.debugging.assert_less(images[:, 0, 0, 0], tf.constant(POISON, tf.uint8), message="poisoned pixel")
+        with tf.control_dependencies([check]):
+            x = tf.reduce_mean(tf.cast(images, tf.float32), axis=(1, 2))
+        logits = x[:, :2]
+        n = tf.shape(images)[0]
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits),
+            "class_index": tf.argmax(logits, axis=1, output_type=tf.int32),
+            "heatmap": tf.zeros([n, 2, 2]),
+            "heatmap_scale": tf.zeros([n]),
+        }
+
+
+@pytest.fixture(scope="module")
+def poisoned_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("poison") / "repo"
+    path = repo / "poison" / "1"
+    module = Poisoned()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.explain})
+    meta = {
+        "name": "poison", "version": 1, "input_size": [SIZE, SIZE], "input_channels": 3, "preprocess": "none",
+        "head": "softmax", "target_layer": "none", "feature_size": [2, 2], "num_classes": 2,
+        "methods": ["gradcam"], "classes": None,
+    }
+    (path / "assets.extra").mkdir()
+    (path / "assets.extra" / "camserve.json").write_text(json.dumps(meta))
+    with serving(repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "4", "--batch-timeout-ms", "200") as server:
+        yield server
+
+
+def image(poisoned: bool) -> np.ndarray:
+    pixels = np.full((SIZE, SIZE, 3), 7, np.uint8)
+    pixels[0, 0, 0] = POISON if poisoned else 0
+    return pixels
+
+
+def test_a_failing_request_fails_alone_and_visibly(poisoned_server):
+    """Until the poisoned image shares a batch (the batch fails, then it alone):
+    its batch-mates are answered, it gets INTERNAL with an error id."""
+    server = poisoned_server
+    failed_runs = []
+    with Client(server.target, model="poison") as client:
+        while len(failed_runs) < 8 and 2 not in failed_runs:
+            before = server.metric("camserve_batch_failures_total", model="poison", reason="InvalidArgumentError")
+            results = {r.index: r for r in client.explain_stream([image(False), image(True), image(False), image(False)])}
+            failed_runs.append(server.metric("camserve_batch_failures_total", model="poison", reason="InvalidArgumentError") - before)
+            assert [results[i].error is None for i in range(4)] == [True, False, True, True]
+    assert 2 in failed_runs and set(failed_runs) <= {1, 2}, f"failed runs per attempt: {failed_runs}"
+    code, message = results[1].error
+    assert code == "INTERNAL" and "error id" in message and "poisoned" not in message
+    error_id = re.search(r"error id (\w+)", message).group(1)
+    log = server.log.read_text()
+    assert re.search(rf"error id {error_id}: InvalidArgumentError: .*poisoned pixel", log), "the log carries the whole error"
+    assert "failed: InvalidArgumentError" in log
+
+
+def test_a_model_that_always_fails_does_not_multiply_work(poisoned_server):
+    server = poisoned_server
+    before = server.metric("camserve_batch_failures_total", model="poison")
+    # One KServe call of four images: admitted together, so they form one batch.
+    # (tritonclient, not our KServe stubs: one process cannot import both.)
+    import tritonclient.grpc as triton
+
+    images = triton.InferInput("images", [4, SIZE, SIZE, 3], "UINT8")
+    images.set_data_from_numpy(np.stack([image(True)] * 4))
+    with pytest.raises(Exception) as err:
+        triton.InferenceServerClient(server.target).infer("poison", [images])
+    assert "INTERNAL" in str(err.value) and "error id" in str(err.value)
+    runs = server.metric("camserve_batch_failures_total", model="poison") - before
+    assert runs <= 3, f"{runs} failed runs for a batch of 4: the batch and two alone, then give up"
+    assert "fails alone too" in server.log.read_text()
+    with Client(server.target, model="poison") as client:
+        assert client.explain(image(False)).class_index in (0, 1), "the model still serves good requests"
+
+
+def test_a_dead_batcher_is_reported_and_refuses_new_work():
+    """The batcher's own loop dying (not a model error) is supervised."""
+    from camserve.server.batcher import Batcher, BatchingOptions, Item
+    from camserve.server.errors import RequestError
+    from camserve.server.statistics import ModelStats
+
+    class Fatal(BaseException):
+        pass
+
+    def run_batch(images, class_index, method):
+        raise Fatal("the batcher loop cannot survive this")
+
+    async def scenario():
+        crashed = []
+        batcher = Batcher(run_batch, BatchingOptions(max_batch_size=2), ThreadPoolExecutor(1), ModelStats(), name="m")
+        batcher.on_crash = crashed.append
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(3)]
+        for future in futures:
+            batcher.submit(Item(np.zeros((2, 2, 3), np.uint8), -1, 0, None, future))
+        await asyncio.gather(*futures, return_exceptions=True)
+        with pytest.raises(RequestError) as refused:
+            batcher.submit(Item(np.zeros((2, 2, 3), np.uint8), -1, 0, None, loop.create_future()))
+        return crashed, [f.exception() for f in futures], refused.value
+
+    crashed, errors, refused = asyncio.run(scenario())
+    assert len(crashed) == 1 and isinstance(crashed[0], BaseException)
+    assert all(isinstance(e, BaseException) for e in errors), "no caller is left waiting"
+    assert refused.code == grpc.StatusCode.UNAVAILABLE and "batcher stopped" in refused.message
