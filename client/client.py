@@ -52,6 +52,16 @@ def _drain(failed: deque) -> Iterator[Explanation]:
         yield failed.popleft()
 
 
+def _calls(images: Iterable, options: pb.ExplainRequest, per_call: int, failed: deque) -> list[pb.ExplainManyRequest]:
+    requests = list(_requests(images, options, failed))
+    return [pb.ExplainManyRequest(requests=requests[i : i + per_call]) for i in range(0, len(requests), per_call)]
+
+
+def _in_order(responses: Iterable[pb.ExplainManyResponse], failed: deque) -> list[Explanation]:
+    answered = [explanation(r, index=int(r.id)) for response in responses for r in response.responses]
+    return sorted([*answered, *failed], key=lambda e: e.index)
+
+
 class Client(_Base):
     """Client("localhost:8500").explain("cat.jpg") -> Explanation.
 
@@ -64,7 +74,7 @@ class Client(_Base):
     health checking: no new calls to a draining replica; default on),
     max_message_mb.
 
-    Options of explain/explain_stream: model, version, class_index (None: top-1),
+    Options of explain/explain_stream/explain_many: model, version, class_index (None: top-1),
     method ("gradcam", "gradcam++", "guided"), top_k, heatmap_type ("float32",
     "uint8"), original_size, resize ("stretch", "center_crop", "letterbox"),
     return_scores."""
@@ -107,6 +117,21 @@ class Client(_Base):
             closed.set()
             slots.release()  # wakes the sending thread so that it sees `closed`
             responses.cancel()
+
+    def explain_many(
+        self, images: Iterable, *, per_call: int = 8, calls: int = 4, timeout: float | None = None, **options
+    ) -> list[Explanation]:
+        """Explanations in the images' order, `per_call` images to an ExplainMany call
+        and up to `calls` calls in flight: the same work in fewer calls. A failed
+        image's Explanation has `.error`; `timeout` is each call's."""
+        failed: deque[Explanation] = deque()
+        pending, responses = deque(), []
+        for request in _calls(images, self._options(options), per_call, failed):
+            if len(pending) == calls:
+                responses.append(pending.popleft().result())
+            pending.append(self.stub.ExplainMany.future(request, timeout=timeout or self.timeout, metadata=self.metadata))
+        responses.extend(future.result() for future in pending)
+        return _in_order(responses, failed)
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata).models)
@@ -161,6 +186,19 @@ class AsyncClient(_Base):
                 yield failure
         finally:
             call.cancel()
+
+    async def explain_many(
+        self, images: Iterable, *, per_call: int = 8, calls: int = 4, timeout: float | None = None, **options
+    ) -> list[Explanation]:
+        failed: deque[Explanation] = deque()
+        slots = asyncio.Semaphore(calls)
+
+        async def call(request):
+            async with slots:
+                return await self.stub.ExplainMany(request, timeout=timeout or self.timeout, metadata=self.metadata)
+
+        requests = _calls(images, self._options(options), per_call, failed)
+        return _in_order(await asyncio.gather(*(call(r) for r in requests)), failed)
 
     async def list_models(self) -> list[pb.ModelInfo]:
         return list((await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata)).models)

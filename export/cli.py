@@ -33,6 +33,7 @@ def add_parser(subparsers):
         choices=HEADS,
         help="what the last layer computes (default: recognised from the model; see README, Heads)",
     )
+    p.add_argument("--no-xla", dest="xla", action="store_false", help="plain graph mode instead of XLA (faster for some small models on CPU; measure)")
     p.add_argument("--custom-objects", help="module or .py file to import before loading (registered custom layers)")
     p.set_defaults(run=run)
 

@@ -39,6 +39,7 @@ class ExportOptions:
     verify: bool = True
     head: str | None = None  # None: recognised from the last layer
     custom_objects: str | None = None  # a module (or .py file) imported before loading
+    xla: bool = True  # False: plain graph mode
 
 
 def _input_geometry(model, requested):
@@ -92,7 +93,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         target = graph.resolve_target(src.model, opts.layer)
         head = graph.head(src.model, opts.head)
         explainer = Explainer(graph.split(src.model, target, True, opts.head), mode, channels, head.kind)
-        module = CamModule(src.model, explainer, input_size)
+        module = CamModule(src.model, explainer, input_size, opts.xla)
         steps.say(f"      target layer {'.'.join(target)}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
         read = "the scores before" if head.stripped else "the output of"
         steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")
@@ -105,7 +106,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         classes = _classes(opts, src, num_classes)
         steps.say(f"      {num_classes} classes, feature map {feature_size[0]}x{feature_size[1]}")
 
-    with steps.step("compile with XLA, compare with the model's own outputs"):
+    with steps.step(f"compile{' with XLA' if opts.xla else ''}, compare with the model's own outputs"):
         images, class_index, method = sample_inputs(input_size, num_classes)
         outputs = module.explain(images, class_index, method)
         module.predict(images)
@@ -123,6 +124,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
             "input_channels": channels,
             "preprocess": mode,
             "head": head.kind,
+            "xla": opts.xla,
             "target_layer": ".".join(target),
             "feature_size": feature_size,
             "num_classes": num_classes,

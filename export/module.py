@@ -1,5 +1,6 @@
 """The exported object: a tf.Module whose `explain` and `predict` are
-XLA-compiled tf.functions with a free batch dimension."""
+tf.functions with a free batch dimension, XLA-compiled unless `xla` is off
+(plain graph mode measured faster for some small models on CPU)."""
 
 import tensorflow as tf
 
@@ -7,15 +8,15 @@ from .explainer import Explainer
 
 
 class CamModule(tf.Module):
-    def __init__(self, model, explainer: Explainer, input_size, name="camserve"):
+    def __init__(self, model, explainer: Explainer, input_size, xla: bool = True, name="camserve"):
         super().__init__(name=name)
         # Tracked so the SavedModel carries the weights the functions read.
         self.model = model
         self._explainer = explainer
         images = tf.TensorSpec([None, *input_size, 3], tf.uint8, name="images")
         per_image = [tf.TensorSpec([None], tf.int32, name=n) for n in ("class_index", "method")]
-        self.explain = tf.function(self._explain, jit_compile=True, input_signature=[images, *per_image])
-        self.predict = tf.function(self._predict, jit_compile=True, input_signature=[images])
+        self.explain = tf.function(self._explain, jit_compile=xla, input_signature=[images, *per_image])
+        self.predict = tf.function(self._predict, jit_compile=xla, input_signature=[images])
 
     # TensorFlow requires the bound method's first parameter to be called `self`.
     def _explain(self, images, class_index, method):

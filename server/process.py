@@ -35,13 +35,14 @@ class ServerProcess:
         port: int | None = None,
         credentials=None,
         metrics_host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),  # e.g. ("taskset", "-c", "0") to pin the server
     ):
         self.port, self.metrics_port = port or free_port(), free_port()
         self.metrics_host = metrics_host
         self.target = f"127.0.0.1:{self.port}"
         self.log = log
         if command is None:
-            command = [sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
+            command = [*prefix, sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--metrics-host", metrics_host, *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         # Reconnect quickly: the default backoff (1 s and growing) would miss the warm-up window.

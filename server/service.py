@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import grpc
@@ -9,7 +10,7 @@ import grpc
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
-from .errors import abort
+from .errors import abort, as_request_error, invalid
 from .handler import Handler
 from .models import Registry, ServedModel
 from .streams import completion_order
@@ -38,6 +39,11 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
     )
 
 
+def _failed(request: pb.ExplainRequest, failure) -> pb.ExplainResponse:
+    """One request's failure as its response, in streams and ExplainMany."""
+    return pb.ExplainResponse(id=request.id, error=pb.Error(code=failure.code.value[0], message=failure.message))
+
+
 class CamServeService(pb_grpc.CamServeServicer):
     def __init__(self, registry: Registry, handler: Handler):
         self.registry = registry
@@ -53,12 +59,25 @@ class CamServeService(pb_grpc.CamServeServicer):
         """Responses in completion order, each tagged with its request's id; a bad
         request answers with `error` and the stream goes on."""
 
-        def failed(request, failure):
-            return pb.ExplainResponse(id=request.id, error=pb.Error(code=failure.code.value[0], message=failure.message))
-
         explain = functools.partial(self.handler.explain, context=context, api="native_stream")
-        async for response in completion_order(request_iterator, explain, failed, self.handler.limits.stream_window):
+        async for response in completion_order(request_iterator, explain, _failed, self.handler.limits.stream_window):
             yield response
+
+    async def ExplainMany(self, request, context):
+        try:
+            window = self.handler.limits.stream_window
+            if not 1 <= len(request.requests) <= window:
+                raise invalid(f"ExplainMany carries 1 to {window} requests (the stream window); this one has {len(request.requests)}")
+            responses = await asyncio.gather(*(self._explain_or_error(r, context) for r in request.requests))
+            return pb.ExplainManyResponse(responses=responses)
+        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
+            await abort(context, err)
+
+    async def _explain_or_error(self, request, context):
+        try:
+            return await self.handler.explain(request, context, "native_many")
+        except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
+            return _failed(request, as_request_error(err))
 
     async def ListModels(self, request, context):
         """The served versions, then those loading or refused."""

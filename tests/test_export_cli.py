@@ -142,3 +142,27 @@ def test_verification_catches_a_model_that_disagrees(exports):
     other, _ = models.build("functional", transform=lambda w: [*w[:-2], w[-2] * 1.05, w[-1] * 1.05])
     report = verify(path, other.model, ("block_out",), "scale", 3, (models.SIZE, models.SIZE))
     assert not report.ok and report.logits_error == pytest.approx(0.05 / 1.05, rel=1e-3)
+
+
+def test_no_xla_exports_plain_graphs_with_the_same_answers(capsys, tmp_path, exports):
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from tests import reference
+
+    _, xla_saved, model32, _ = exports.get("functional")
+    source = tmp_path / "functional.keras"
+    model32.model.save(source)
+    code, out, err = export_cli(capsys, source, "--repo", tmp_path, "--name", "plain", "--preprocess", "scale", "--no-xla")
+    assert code == 0, err
+    assert read_metadata(out)["xla"] is False and "compile," in err and "with XLA" not in err
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((tmp_path / "plain" / "1" / "saved_model.pb").read_bytes())
+    functions = proto.meta_graphs[0].graph_def.library.function
+    assert not any(f.attr["_XlaMustCompile"].b for f in functions if "_XlaMustCompile" in f.attr)
+    images = reference.smooth_images(3, models.SIZE, seed=2)
+    args = dict(images=images, class_index=np.array([-1, 0, 2], np.int32), method=np.array([0, 1, 2], np.int32))
+    plain = tf.saved_model.load(out).signatures["serving_default"](**args)
+    compiled = xla_saved.signatures["serving_default"](**args)
+    for name in ("logits", "heatmap", "class_index"):
+        np.testing.assert_allclose(plain[name].numpy(), compiled[name].numpy(), rtol=1e-4, atol=1e-5)

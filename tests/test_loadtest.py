@@ -48,3 +48,13 @@ def test_cli_over_kserve_with_a_folder_of_images_writes_json_csv_and_plot(server
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 2 and float(rows[0]["throughput"]) > 0
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_several_images_per_call_count_images_not_calls(server):
+    images = list(np.random.default_rng(2).integers(0, 256, (2, models.SIZE, models.SIZE, 3), dtype=np.uint8))
+    sender = functools.partial(native_sender, server.target, model="tiny", images_per_call=4)
+    (report,) = run_levels(sender, images, closed=[2], duration=1.0, warmup=0.3, stream=None)
+    assert report.images_per_call == 4 and report.succeeded == report.sent > 0 and not report.errors
+    calls_per_s = report.succeeded / report.duration_s
+    assert abs(report.throughput - 4 * calls_per_s) < 1e-6 * report.throughput
+    assert report.mean_batch_size > 1, "a call's images share batches"

@@ -273,3 +273,24 @@ def test_model_metadata_and_reflection(client, server):
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     services = {s.name for r in responses for s in r.list_services_response.service}
     assert {"camserve.v1.CamServe", "grpc.health.v1.Health"} <= services
+
+
+def test_explain_many_answers_in_order_with_in_band_errors(server, client, in_process):
+    images = reference.smooth_images(11, SIZE, seed=60)
+    sent = [*images[:4], b"junk", *images[4:]]
+    results = client.explain_many(sent, per_call=4, calls=2, return_scores=True)
+    assert [r.index for r in results] == list(range(12))
+    assert results[4].error[0] == "INVALID_ARGUMENT" and all(r.error is None for i, r in enumerate(results) if i != 4)
+    want = local(in_process, images)
+    for i, result in enumerate(r for r in results if r.error is None):
+        assert_same(result, want, i)
+    assert max(r.batch_size for r in results if r.error is None) > 1, "a call's images share batches"
+
+    async def many():
+        async with AsyncClient(server.target, model="tiny") as c:
+            return await c.explain_many(images, per_call=5)
+
+    assert [r.class_index for r in asyncio.run(many())] == list(want["class_index"])
+    with pytest.raises(grpc.RpcError) as err:
+        client.explain_many(images, per_call=9)  # the server's window is 8
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "1 to 8 requests" in err.value.details()

@@ -163,6 +163,18 @@ class ExplainResponse(_message.Message):
     image_width: int
     def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., explained: _Optional[_Union[Class, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., method: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ...) -> None: ...
 
+class ExplainManyRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[ExplainRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[ExplainRequest, _Mapping]]] = ...) -> None: ...
+
+class ExplainManyResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[ExplainResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[ExplainResponse, _Mapping]]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

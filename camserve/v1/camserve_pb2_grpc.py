@@ -44,6 +44,11 @@ class CamServeStub(object):
                 request_serializer=camserve_dot_v1_dot_camserve__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=camserve_dot_v1_dot_camserve__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.ExplainMany = channel.unary_unary(
+                '/camserve.v1.CamServe/ExplainMany',
+                request_serializer=camserve_dot_v1_dot_camserve__pb2.ExplainManyRequest.SerializeToString,
+                response_deserializer=camserve_dot_v1_dot_camserve__pb2.ExplainManyResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/camserve.v1.CamServe/ListModels',
                 request_serializer=camserve_dot_v1_dot_camserve__pb2.ListModelsRequest.SerializeToString,
@@ -75,6 +80,16 @@ class CamServeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainMany(self, request, context):
+        """Several images in one call (at most the server's stream window): each is
+        admitted, batched and answered on its own, a bad one with `error` while
+        the others go on; responses in request order. The same work in fewer
+        calls: what a call costs the server is paid once per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -99,6 +114,11 @@ def add_CamServeServicer_to_server(servicer, server):
                     servicer.ExplainStream,
                     request_deserializer=camserve_dot_v1_dot_camserve__pb2.ExplainRequest.FromString,
                     response_serializer=camserve_dot_v1_dot_camserve__pb2.ExplainResponse.SerializeToString,
+            ),
+            'ExplainMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainMany,
+                    request_deserializer=camserve_dot_v1_dot_camserve__pb2.ExplainManyRequest.FromString,
+                    response_serializer=camserve_dot_v1_dot_camserve__pb2.ExplainManyResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -165,6 +185,33 @@ class CamServe(object):
             '/camserve.v1.CamServe/ExplainStream',
             camserve_dot_v1_dot_camserve__pb2.ExplainRequest.SerializeToString,
             camserve_dot_v1_dot_camserve__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/camserve.v1.CamServe/ExplainMany',
+            camserve_dot_v1_dot_camserve__pb2.ExplainManyRequest.SerializeToString,
+            camserve_dot_v1_dot_camserve__pb2.ExplainManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

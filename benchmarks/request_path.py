@@ -1,0 +1,203 @@
+"""What the request path costs: the server pinned to one core, the load generator
+to another, against the same SavedModel in-process on the server's core.
+
+    python benchmarks/request_path.py [--source demo] [--concurrency 1 32] [--seconds 8]
+                                      [--perf-analyzer PATH] [--server-args ...]
+
+Per API (KServe driven by Triton's perf_analyzer, native by camserve's own
+load tester, native with 8 images per ExplainMany call) and concurrency:
+throughput, p50/p99, the server's CPU seconds per image (from /proc), and the
+ratio to the best in-process throughput (batch 1/8/32) on the same core. With
+a single core the processes are not pinned and the table says so. Prints a
+table and writes results/request_path_<source>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from workload import exported, random_images  # noqa: E402
+
+HERE = Path(__file__).parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cores() -> tuple[list[str], list[str]]:
+    """taskset prefixes for (server, load generator): separate cores when there are two."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2 or shutil.which("taskset") is None:
+        return [], []
+    return ["taskset", "-c", str(usable[0])], ["taskset", "-c", str(usable[1])]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+IN_PROCESS = """
+import sys, time, numpy as np, tensorflow as tf
+explain = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+h, w = int(sys.argv[2]), int(sys.argv[3])
+best = {}
+for n in (1, 8, 32):
+    args = dict(images=np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8),
+                class_index=np.full(n, -1, np.int32), method=np.zeros(n, np.int32))
+    explain(**args)
+    for _ in range(3):
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 2.0:
+            explain(**args)["heatmap"].numpy(); calls += 1
+        rate = calls * n / (time.perf_counter() - start)
+        best[n] = max(best.get(n, 0), rate)
+    if n == 1:
+        start = time.perf_counter()
+        for _ in range(200):
+            explain(**args)["heatmap"].numpy()
+        best["latency_ms"] = (time.perf_counter() - start) / 200 * 1e3
+print(best)
+"""
+
+
+def in_process(version_dir: Path, size, pin: list[str]) -> dict:
+    out = subprocess.run([*pin, sys.executable, "-c", IN_PROCESS, str(version_dir), str(size[0]), str(size[1])],
+                         capture_output=True, text=True, check=True)
+    return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child's dict
+
+
+def perf_analyzer(binary: str, pin: list[str], target: str, model: str, concurrency: int, seconds: float, batch: int = 1) -> dict:
+    env = dict(os.environ)
+    for lib in Path(binary).resolve().parent.parent.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"):
+        env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
+    command = [*pin, binary, "-m", model, "-u", target, "-i", "grpc", "-b", str(batch), "--concurrency-range", str(concurrency)]
+    command += ["-p", str(int(seconds * 1000)), "--max-trials", "3", "--stability-percentage", "100", "--percentile", "99"]
+    out = subprocess.run(command, capture_output=True, text=True, env=env).stdout
+    throughput = float(re.search(r"Throughput: ([\d.]+) infer/sec", out).group(1))
+    p50 = float(re.search(r"p50 latency: (\d+) usec", out).group(1)) / 1e3
+    p99 = float(re.search(r"p99 latency: (\d+) usec", out).group(1)) / 1e3
+    return {"images_per_s": throughput, "p50_ms": p50, "p99_ms": p99}
+
+
+NATIVE = """
+import asyncio, json, sys, time, numpy as np
+from camserve.client import AsyncClient
+target, model, concurrency, seconds, per_call = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+h, w = int(sys.argv[6]), int(sys.argv[7])
+images = list(np.random.default_rng(0).integers(0, 256, (16, h, w, 3), dtype=np.uint8))
+async def main():
+    latencies, done = [], 0
+    async with AsyncClient(target, model=model, retries=0) as client:
+        async def caller(k):
+            nonlocal done
+            end = time.monotonic() + seconds + 1.0
+            measure = time.monotonic() + 1.0
+            while (now := time.monotonic()) < end:
+                if per_call == 1:
+                    await client.explain(images[k % 16])
+                else:
+                    await client.explain_many(images[:per_call], per_call=per_call, calls=1)
+                if now >= measure:
+                    latencies.append((time.monotonic() - now) * 1e3); done += per_call
+        start = time.monotonic()
+        await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(json.dumps({"images_per_s": done / seconds, "p50_ms": p50, "p99_ms": p99}))
+asyncio.run(main())
+"""
+
+
+def native(pin: list[str], target: str, model: str, concurrency: int, seconds: float, size, per_call: int = 1) -> dict:
+    args = [target, model, str(concurrency), str(seconds), str(per_call), str(size[0]), str(size[1])]
+    out = subprocess.run([*pin, sys.executable, "-c", NATIVE, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def served(server) -> float:
+    return server.metric("camserve_executed_requests_total")
+
+
+def main():
+    from camserve.server.process import ServerProcess
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="demo")
+    parser.add_argument("--weights", default="none")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--perf-analyzer", default=os.environ.get("CAMSERVE_PERF_ANALYZER") or shutil.which("perf_analyzer"))
+    parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra `camserve serve` flags")
+    parser.add_argument("--label", default="", help="a name for this configuration in the results file")
+    args = parser.parse_args()
+    server_pin, load_pin = cores()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        version = exported(args.source, repo, args.source, args.weights)
+        size = random_images(version, 1)[0].shape[:2]
+        best = in_process(version, size, server_pin)
+        best_rate = max(v for k, v in best.items() if k != "latency_ms")
+        print(f"in-process on the server's core: {best}", file=sys.stderr)
+        server = ServerProcess(repo, Path(tmp) / "server.log", *args.server_args, prefix=tuple(server_pin))
+        try:
+            server.wait_for("SERVING", timeout=600)
+            loads = []
+            if args.perf_analyzer:
+                loads += [("kserve (perf_analyzer)", c, 1) for c in args.concurrency]
+            loads += [("native (camserve client)", c, 1) for c in args.concurrency]
+            loads += [("native, 8 images per ExplainMany", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
+            if args.perf_analyzer:
+                loads += [("kserve, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
+            for api, concurrency, per_call in loads:
+                cpu0, images0 = cpu_seconds(server.process.pid), served(server)
+                if api.startswith("kserve"):
+                    result = perf_analyzer(args.perf_analyzer, load_pin, server.target, args.source, concurrency, args.seconds, per_call)
+                else:
+                    result = native(load_pin, server.target, args.source, concurrency, args.seconds, size, per_call)
+                cpu = cpu_seconds(server.process.pid) - cpu0
+                images = served(server) - images0
+                row = {
+                    "api": api,
+                    "concurrency": concurrency,
+                    "images_per_call": per_call,
+                    **{k: round(v, 2) for k, v in result.items()},
+                    "server_cpu_ms_per_image": round(cpu / max(images, 1) * 1e3, 3),
+                    "vs_in_process": round(result["images_per_s"] / best_rate, 3),
+                    "p50_vs_in_process_batch1": round(result["p50_ms"] / best["latency_ms"], 2),
+                }
+                rows.append(row)
+                print(f"  {api:34s} c={concurrency:<3d} {row['images_per_s']:8.1f}/s p50 {row['p50_ms']:6.2f} ms "
+                      f"p99 {row['p99_ms']:6.2f} ms cpu {row['server_cpu_ms_per_image']:.3f} ms/img "
+                      f"x{row['vs_in_process']:.2f} of in-process", file=sys.stderr)
+        finally:
+            server.terminate()
+    from camserve.server.device import select_device
+
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "label": args.label,
+        "pinned": bool(server_pin),
+        "device": select_device(),
+        "in_process": {str(k): round(v, 2) for k, v in best.items()},
+        "rows": rows,
+    }
+    out = HERE / "results" / f"request_path_{args.source}{'_' + args.label if args.label else ''}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
