@@ -83,8 +83,11 @@ def perf_analyzer(binary: str, pin: list[str], target: str, model: str, concurre
     for lib in Path(binary).resolve().parent.parent.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"):
         env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
     command = [*pin, binary, "-m", model, "-u", target, "-i", "grpc", "-b", str(batch), "--concurrency-range", str(concurrency)]
-    command += ["-p", str(int(seconds * 1000)), "--max-trials", "3", "--stability-percentage", "100", "--percentile", "99"]
-    out = subprocess.run(command, capture_output=True, text=True, env=env).stdout
+    command += ["-p", str(int(seconds * 1000)), "--max-trials", "10", "--stability-percentage", "100"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    out = done.stdout
+    if "Throughput:" not in out:
+        raise RuntimeError(f"perf_analyzer failed: {(done.stdout + done.stderr)[-1500:]}")
     throughput = float(re.search(r"Throughput: ([\d.]+) infer/sec", out).group(1))
     p50 = float(re.search(r"p50 latency: (\d+) usec", out).group(1)) / 1e3
     p99 = float(re.search(r"p99 latency: (\d+) usec", out).group(1)) / 1e3

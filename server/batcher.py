@@ -202,25 +202,31 @@ class Batcher:
 
     # -- the loop ----------------------------------------------------------
     async def _wait_for(self, condition, until: float | None):
-        while not condition():
-            self._wakeup.clear()
-            timeout = None if until is None else until - time.monotonic()
-            if timeout is not None and timeout <= 0:
-                return
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                return
+        """Until condition() holds or `until` passes: one timer for the whole wait,
+        not a wait_for (a timer and a task) re-armed on every wake-up."""
+        timer = None if until is None else asyncio.get_running_loop().call_at(self._loop_time(until), self._wakeup.set)
+        try:
+            while not condition() and (until is None or time.monotonic() < until):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            if timer:
+                timer.cancel()
+
+    @staticmethod
+    def _loop_time(monotonic: float) -> float:
+        """A time.monotonic() instant on the event loop's clock."""
+        loop = asyncio.get_running_loop()
+        return loop.time() + (monotonic - time.monotonic())
 
     async def _loop(self):
         while True:
             if not self.queue:
                 self.idle.set()
             await self._wait_for(lambda: bool(self.queue), None)
-            flush_at = self.queue[0].enqueued + self.options.batch_timeout
-            await self._wait_for(
-                lambda: len(self.queue) >= self.options.max_batch_size or self.incoming == 0, flush_at
-            )
+            if len(self.queue) < self.options.max_batch_size and self.incoming:
+                flush_at = self.queue[0].enqueued + self.options.batch_timeout
+                await self._wait_for(lambda: len(self.queue) >= self.options.max_batch_size or self.incoming == 0, flush_at)
             batch = self._take()
             if batch:
                 self._running = batch

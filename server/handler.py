@@ -5,7 +5,6 @@ checked before the request joins a batch."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from concurrent.futures import Executor
@@ -41,12 +40,13 @@ class Prepared:
     top_k: int
 
 
-def check_targets(model: ServedModel, class_index: np.ndarray, method: np.ndarray):
-    """Per-image class indices and method codes, for every API."""
-    if ((class_index < -1) | (class_index >= model.num_classes)).any():
-        raise invalid(f"class_index out of range for {model.num_classes} classes (-1: top-1): {class_index.tolist()}")
-    if ((method < 0) | (method >= len(model.methods))).any():
-        raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method.tolist()}")
+def check_targets(model: ServedModel, class_index: list[int], method: list[int]):
+    """Per-image class indices and method codes, for every API (Python ints: numpy
+    on a few values costs more than the check)."""
+    if any(not -1 <= c < model.num_classes for c in class_index):
+        raise invalid(f"class_index out of range for {model.num_classes} classes (-1: top-1): {class_index}")
+    if any(not 0 <= m < len(model.methods) for m in method):
+        raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method}")
 
 
 def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
@@ -55,7 +55,7 @@ def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
         raise invalid(f"unknown method {method_name!r}; {model.name} offers {', '.join(model.methods)}")
     class_index = request.class_index if request.HasField("class_index") else -1
     method = model.methods.index(method_name)
-    check_targets(model, np.array([class_index]), np.array([method]))
+    check_targets(model, [class_index], [method])
     if request.resize not in (geometry.STRETCH, geometry.CENTER_CROP, geometry.LETTERBOX):
         raise invalid(f"unknown resize mode {request.resize}")
     if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8):
@@ -80,6 +80,23 @@ def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
     if request.heatmap_original_size:
         _check_response_size(pixels.shape[0] * pixels.shape[1], request.heatmap_type, limits.max_response_bytes)
     return pixels
+
+
+INLINE_BYTES = 16 * 1024  # encoded images this small decode faster than a hop to the pool and back
+
+
+def cheap(pixels: int, encoded_bytes: int, model: ServedModel) -> bool:
+    """Whether decoding and fitting an image costs less than a thread hop: raw pixels
+    up to a few times the model's size, or a small encoded image."""
+    if encoded_bytes:
+        return encoded_bytes <= INLINE_BYTES
+    return pixels <= 4 * model.height * model.width
+
+
+def _cheap(image: pb.Image, model: ServedModel) -> bool:
+    if image.WhichOneof("data") == "raw":
+        return cheap(image.raw.height * image.raw.width, 0, model)
+    return cheap(0, len(image.encoded), model)
 
 
 def fit(pixels, model: ServedModel, resize: int = geometry.STRETCH):
@@ -144,11 +161,33 @@ def build_response(request, prepared: Prepared, result: Result, region, original
     return response
 
 
-class Call:
-    """What one call's accounting needs: its model and its time in the queue."""
+class Accounted:
+    """One call, counted by outcome when it ends; its handler fills in the model and
+    the queue time. A plain class: a generator context manager per call cost a
+    tenth of a KServe call's time on the event loop (benchmarks/README.md)."""
 
-    model: ServedModel | None = None
-    queue_s: float | None = None
+    __slots__ = ("handler", "api", "context", "received", "model", "queue_s")
+
+    def __init__(self, handler: Handler, api: str, context):
+        self.handler, self.api, self.context = handler, api, context
+        self.received, self.model, self.queue_s = time.monotonic(), None, None
+
+    def __enter__(self) -> Accounted:
+        self.handler._started()
+        return self
+
+    def __exit__(self, kind, err, trace):
+        if kind is None:
+            code = grpc.StatusCode.OK
+        elif isinstance(err, RequestError):
+            code = err.code
+        elif isinstance(err, asyncio.CancelledError):
+            remaining = self.context.time_remaining() if self.context is not None else None
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+        else:
+            code = grpc.StatusCode.INTERNAL
+        self.handler._finished(self, code)
+        return False
 
 
 class Handler:
@@ -169,48 +208,39 @@ class Handler:
         except TimeoutError:
             return False
 
-    @contextlib.contextmanager
-    def accounted(self, api: str, context=None):
+    def accounted(self, api: str, context=None) -> Accounted:
         """Counts the call in the metrics and its model's statistics, by outcome (a
         call gRPC cancels at its deadline counts as DEADLINE_EXCEEDED)."""
-        call, received, code = Call(), time.monotonic(), grpc.StatusCode.OK
+        return Accounted(self, api, context)
+
+    def _started(self):
         self.in_flight += 1
         self._idle.clear()
         if self.metrics:
             self.metrics.in_flight.set(self.in_flight)
-        try:
-            yield call
-        except RequestError as err:
-            code = err.code
-            raise
-        except asyncio.CancelledError:
-            remaining = context.time_remaining() if context is not None else None
-            expired = remaining is not None and remaining <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            raise
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.set()
-            if self.metrics:
-                self.metrics.in_flight.set(self.in_flight)
-            seconds = time.monotonic() - received
-            # Only served names become metric labels: callers' typos must not grow the label set.
-            if self.metrics:
-                self.metrics.finished(call.model.name if call.model else "unknown", api, code.name, seconds, call.queue_s)
-            if call.model:
-                call.model.stats.request(code == grpc.StatusCode.OK, seconds, call.queue_s)
 
-    async def run_image(self, model: ServedModel, admission, prepare, class_index: int, method: int, deadline: float | None):
+    def _finished(self, call: Accounted, code: grpc.StatusCode):
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+        seconds = time.monotonic() - call.received
+        if self.metrics:
+            self.metrics.in_flight.set(self.in_flight)
+            # Only served names become metric labels: callers' typos must not grow the label set.
+            self.metrics.finished(call.model.name if call.model else "unknown", call.api, code.name, seconds, call.queue_s)
+        if call.model:
+            call.model.stats.request(code == grpc.StatusCode.OK, seconds, call.queue_s)
+
+    async def run_image(
+        self, model: ServedModel, admission, prepare, inline: bool, class_index: int, method: int, deadline: float | None
+    ):
         """For a request admitted to the model's batcher: prepare() -> (canvas, extra)
-        runs on the decode pool while the model may be busy; then the canvas joins
-        a batch. Returns (Result, extra)."""
+        runs on the decode pool while the model may be busy, or right here when it
+        is cheap (`inline`: the thread hop would cost more than the work); then the
+        canvas joins a batch. Returns (Result, extra)."""
         loop = asyncio.get_running_loop()
         try:
-            canvas, extra = await loop.run_in_executor(self.executor, prepare)
+            canvas, extra = prepare() if inline else await loop.run_in_executor(self.executor, prepare)
         finally:
             admission.decoded()
         future = loop.create_future()
@@ -219,7 +249,7 @@ class Handler:
 
     async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
         received = time.monotonic()
-        with self.accounted(api, context) as call:
+        with Accounted(self, api, context) as call:
             prepared = _options(request, self.registry.get(request.model, request.version))
             call.model = model = prepared.model
             with model.batcher.admit() as admission:
@@ -227,6 +257,7 @@ class Handler:
                     model,
                     admission,
                     functools.partial(fit, functools.partial(_pixels, request, self.limits), model, request.resize),
+                    _cheap(request.image, model),
                     prepared.class_index,
                     prepared.method,
                     deadline(context, received, request.timeout_ms),

@@ -29,7 +29,7 @@ from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, abort, invalid
-from .handler import Handler, Limits, check_targets, deadline, fit
+from .handler import Handler, Limits, check_targets, cheap, deadline, fit
 from .models import Registry, ServedModel
 from .streams import completion_order
 from .tensors import decode_inputs, encode_output
@@ -50,15 +50,15 @@ def _tensor(name, datatype, shape):
     return kpb.ModelMetadataResponse.TensorMetadata(name=name, datatype=datatype, shape=shape)
 
 
-def _per_image(tensors: dict, name: str, n: int, default: int) -> np.ndarray:
+def _per_image(tensors: dict, name: str, n: int, default: int) -> list[int]:
     if name not in tensors:
-        return np.full(n, default, np.int64)
+        return [default] * n
     values = tensors[name]
     if isinstance(values, list) or values.dtype.kind != "i":
         raise invalid(f"input {name!r} must be INT32 [{n}]")
     if values.shape not in ((n,), (n, 1)):
         raise invalid(f"input {name!r} has shape {list(values.shape)}; expected [{n}], one per image")
-    return values.reshape(n).astype(np.int64)
+    return values.reshape(n).tolist()
 
 
 class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
@@ -178,17 +178,15 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             images, class_index, method = tensors
             until = deadline(context, received)
             with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
-                results = await asyncio.gather(
-                    *(
-                        self.handler.run_image(model, admission, prepare, int(c), int(m), until)
-                        for prepare, c, m in zip(images, class_index, method)
-                    )
-                )
+                runs = [self.handler.run_image(model, admission, *image, c, m, until) for image, c, m in zip(images, class_index, method)]
+                # One image (the common case) needs no tasks of its own.
+                results = [await runs[0]] if len(runs) == 1 else await asyncio.gather(*runs)
             call.queue_s = max(result.queue_s for result, _ in results)
             response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
             for name in wanted:
                 tensor = response.outputs.add(name=name)
-                stacked = np.stack([result.outputs[name] for result, _ in results])
+                rows = [result.outputs[name] for result, _ in results]
+                stacked = rows[0][np.newaxis] if len(rows) == 1 else np.stack(rows)
                 response.raw_output_contents.append(encode_output(tensor, stacked))
             return response
 
@@ -237,7 +235,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 
 
 def image_inputs(model: ServedModel, request, limits: Limits):
-    """(per-image prepare functions, class indices, method codes), all validated."""
+    """([(prepare function, inline)] per image, class indices, method codes), all validated."""
     tensors = decode_inputs(request)
     known = {"images", "image_bytes", "class_index", "method"}
     if set(tensors) - known:
@@ -250,17 +248,19 @@ def image_inputs(model: ServedModel, request, limits: Limits):
         if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 2, 3, 4):
             raise invalid("input 'images' must be UINT8 [N,H,W,3] (1, 2 or 4 channels also accepted)")
         n, h, w, c = images.shape
+        inline = cheap(h * w, 0, model)
         pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, limits.max_pixels, limits.background) for image in images]
     else:
         blobs = tensors["image_bytes"]
         if not isinstance(blobs, list):
             raise invalid("input 'image_bytes' must be BYTES [N]")
         n = len(blobs)
+        inline = all(cheap(0, len(blob), model) for blob in blobs)
         pixels = [functools.partial(decode_encoded, blob, limits.max_pixels, limits.background) for blob in blobs]
     if n == 0 or n > limit:
         raise invalid(f"a request carries 1 to {limit} images; this one has {n}")
     class_index = _per_image(tensors, "class_index", n, -1)
     method = _per_image(tensors, "method", n, model.methods.index(model.default_method))
     check_targets(model, class_index, method)
-    return [functools.partial(fit, p, model) for p in pixels], class_index, method
+    return [(functools.partial(fit, p, model), inline) for p in pixels], class_index, method
 

@@ -9,6 +9,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
+        self._children: dict = {}
         r = self.registry
         self.requests = Counter(
             "camserve_requests", "Requests by model, API and gRPC status code", ["model", "api", "code"], registry=r
@@ -42,11 +43,19 @@ class Metrics:
     def serve(self, port: int, host: str = "127.0.0.1"):
         start_http_server(port, addr=host, registry=self.registry)
 
+    def _child(self, metric, *labels):
+        """metric.labels(*labels), looked up once: labels() validates and locks on every call."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_batch(self, model: str, requests: int, padded_size: int, compute_s: float):
-        self.batch_size.labels(model).observe(requests)
-        self.padding.labels(model).inc(padded_size - requests)
-        self.executed.labels(model).inc(requests)
-        self.compute_time.labels(model).observe(compute_s)
+        self._child(self.batch_size, model).observe(requests)
+        self._child(self.padding, model).inc(padded_size - requests)
+        self._child(self.executed, model).inc(requests)
+        self._child(self.compute_time, model).observe(compute_s)
 
     def version_state(self, model: str, version: int, state: str, states: tuple[str, ...]):
         for each in states:
@@ -59,10 +68,10 @@ class Metrics:
         self.drops.labels(model, reason).inc()
 
     def queue_depth(self, model: str, depth: int):
-        self.depth.labels(model).set(depth)
+        self._child(self.depth, model).set(depth)
 
     def finished(self, model: str, api: str, code: str, latency_s: float, queue_s: float | None):
-        self.requests.labels(model, api, code).inc()
-        self.latency.labels(model, api).observe(latency_s)
+        self._child(self.requests, model, api, code).inc()
+        self._child(self.latency, model, api).observe(latency_s)
         if queue_s is not None:
-            self.queue_time.labels(model).observe(queue_s)
+            self._child(self.queue_time, model).observe(queue_s)

@@ -124,13 +124,17 @@ def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
     executed_before = strict.metric("camserve_executed_requests_total", model="slow")
     dropped_before = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline")
     counted_before = strict.metric("camserve_requests_total", model="slow", code="DEADLINE_EXCEEDED")
+    cancelled_before = strict.metric("camserve_requests_total", model="slow", code="CANCELLED")
     outcomes = flood(strict.target, 16, timeout=0.08)
     codes = [code for code, _ in outcomes]
     expired = codes.count(grpc.StatusCode.DEADLINE_EXCEEDED)
     assert expired > 0 and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
     time.sleep(0.5)  # let the batcher reach the expired ones
+    # Expiries are counted as such (a call that finished just before the deadline, with its
+    # answer still on the wire, is OK to the server: hence not an equality).
     counted = strict.metric("camserve_requests_total", model="slow", code="DEADLINE_EXCEEDED") - counted_before
-    assert counted == expired, "expiries are counted as DEADLINE_EXCEEDED, not CANCELLED"
+    cancelled = strict.metric("camserve_requests_total", model="slow", code="CANCELLED") - cancelled_before
+    assert 0 < counted <= expired and cancelled == 0
     executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
     dropped = strict.metric("camserve_dropped_requests_total", model="slow", reason="deadline") - dropped_before
     assert dropped > 0, "some requests should have expired in the queue"
