@@ -11,6 +11,11 @@ or waiting) before any of their work starts; beyond that callers get
 RESOURCE_EXHAUSTED at once, before their images are decoded. Requests whose deadline passed or whose caller went
 away are dropped before they run.
 
+On a GPU a second batch may be in flight while the first runs
+(`batches_in_flight` 2: its inputs are copied while the other computes); on
+a CPU one batch at a time is fastest, and requests that arrive meanwhile
+form the next batch.
+
 A failed batch is logged and counted, and its requests run again one at a time
 so that one bad request does not fail its batch-mates; after SOLO_FAILURES
 failures in a row the model itself is failing, and the rest fail at once
@@ -116,9 +121,18 @@ class Admission:
 
 class Batcher:
     def __init__(
-        self, run_batch: RunBatch, options: BatchingOptions, executor: Executor, stats: ModelStats, metrics=None, name=""
+        self,
+        run_batch: RunBatch,
+        options: BatchingOptions,
+        executor: Executor,
+        stats: ModelStats,
+        metrics=None,
+        name="",
+        batches_in_flight: int = 1,  # the executor needs as many threads
     ):
         self.run_batch = run_batch
+        self._device_slots = asyncio.Semaphore(batches_in_flight)
+        self._batches: set[asyncio.Task] = set()
         self.stats = stats
         self.options = options
         self.ladder = options.ladder()
@@ -131,7 +145,8 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._closed = False
         self.crashed: BaseException | None = None
-        self._running: list[Item] = []  # the batch on the model, answered by _supervise if the loop dies
+        self._reported = False
+        self._running: list[list[Item]] = []  # batches on the device
         self.on_crash: Callable[[BaseException], None] | None = None
         self.idle = asyncio.Event()  # nothing queued and no batch running
         self.idle.set()
@@ -175,13 +190,15 @@ class Batcher:
         self._task.add_done_callback(self._supervise)
 
     def _supervise(self, task: asyncio.Task):
-        if task.cancelled() or task.exception() is None:
+        """A done callback of the loop and of every batch task: the first one that
+        died of something other than a model error is reported, once."""
+        if task.cancelled() or task.exception() is None or self._reported:
             return
-        self.crashed = task.exception()
+        self._reported = True
+        self.crashed = self.crashed or task.exception()
         log.critical("the batcher of %s stopped: %r; failing health", self.name, self.crashed, exc_info=self.crashed)
-        for item in [*self._running, *self.queue]:
-            self._fail(item, self.crashed)
-        self.queue.clear()
+        while self.queue:  # a batch's own callers were answered by _run_on_device
+            self._fail(self.queue.popleft(), self.crashed)
         if self.on_crash:
             self.on_crash(self.crashed)
 
@@ -194,7 +211,9 @@ class Batcher:
         self._closed = True
         if self._task:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            for task in self._batches:
+                task.cancel()
+            await asyncio.gather(self._task, *self._batches, return_exceptions=True)
         while self.queue:  # only on a forced stop: tell the waiting callers
             item = self.queue.popleft()
             if not item.future.done():
@@ -221,17 +240,39 @@ class Batcher:
 
     async def _loop(self):
         while True:
-            if not self.queue:
+            await self._device_slots.acquire()  # a place on the device: the next batch forms meanwhile
+            if self.crashed is not None:
+                return
+            if not self.queue and not self._running:
                 self.idle.set()
             await self._wait_for(lambda: bool(self.queue), None)
             if len(self.queue) < self.options.max_batch_size and self.incoming:
                 flush_at = self.queue[0].enqueued + self.options.batch_timeout
                 await self._wait_for(lambda: len(self.queue) >= self.options.max_batch_size or self.incoming == 0, flush_at)
             batch = self._take()
-            if batch:
-                self._running = batch
-                await self._run(batch)
-                self._running = []
+            if not batch:
+                self._device_slots.release()
+                continue
+            self._running.append(batch)
+            task = asyncio.get_running_loop().create_task(self._run_on_device(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+            task.add_done_callback(self._supervise)
+
+    async def _run_on_device(self, batch: list[Item]):
+        try:
+            await self._run(batch)
+        except BaseException as err:  # what _run lets through kills this task: answer its callers first
+            if not isinstance(err, asyncio.CancelledError):
+                self.crashed = self.crashed or err  # before the slot frees: no further batch starts
+                for item in batch:
+                    self._fail(item, err)
+            raise
+        finally:
+            self._running.remove(batch)
+            self._device_slots.release()
+            if not self.queue and not self._running:
+                self.idle.set()
 
     def _take(self) -> list[Item]:
         now = time.monotonic()

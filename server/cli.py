@@ -32,6 +32,7 @@ def add_parser(subparsers):
     p.add_argument("--max-concurrent-rpcs", type=int, default=1000, help="calls (streams count once) before RESOURCE_EXHAUSTED")
     p.add_argument("--max-connection-age", type=float, default=300.0, help="seconds before a connection is closed so clients re-resolve")
     p.add_argument("--max-connection-age-grace", type=float, default=30.0, help="seconds a closing connection's calls get to finish")
+    p.add_argument("--batches-in-flight", type=int, default=0, help="batches on the device at once (default: 2 on a GPU, 1 on a CPU)")
     p.add_argument("--decode-threads", type=int, default=0, help="decode/resize threads (default: the CPUs usable)")
     p.add_argument("--intra-op-threads", type=int, default=0, help="TensorFlow intra-op threads (default: the CPUs usable)")
     p.add_argument("--inter-op-threads", type=int, default=0, help="TensorFlow inter-op threads (default: the CPUs usable)")
@@ -53,6 +54,7 @@ def run(args) -> int:
         "--max-connection-age": (args.max_connection_age, 1),
         "--max-connection-age-grace": (args.max_connection_age_grace, 0),
         "--decode-threads": (args.decode_threads, 0),
+        "--batches-in-flight": (args.batches_in_flight, 0),
         "--intra-op-threads": (args.intra_op_threads, 0),
         "--inter-op-threads": (args.inter_op_threads, 0),
         "--max-pixels": (args.max_pixels, 1),
@@ -79,7 +81,7 @@ def run(args) -> int:
     )
     try:
         batching.check()
-        defaults = ModelConfig(batching, VersionPolicy(args.version_policy, tuple(args.versions)))
+        defaults = ModelConfig(batching, VersionPolicy(args.version_policy, tuple(args.versions)), batches_in_flight=args.batches_in_flight)
         security = SecurityOptions.from_args(args.tls_cert, args.tls_key, args.tls_client_ca, args.auth_token_file)
     except (ValueError, OSError) as err:
         print(f"camserve serve: error: {err}", file=sys.stderr)

@@ -9,7 +9,8 @@ file overrides some of them:
       "max_enqueued": 64,
       "version_policy": "latest" | "all" | {"specific": [1, 3]},
       "default_method": "gradcam++",
-      "warm_up": true
+      "warm_up": true,
+      "batches_in_flight": 2
     }
 
 JSON rather than Triton's protobuf text: the repository's other metadata
@@ -25,7 +26,10 @@ from pathlib import Path
 from .batcher import BatchingOptions
 
 FILE = "config.json"
-KEYS = ("max_batch_size", "allowed_batch_sizes", "batch_timeout_ms", "max_enqueued", "version_policy", "default_method", "warm_up")
+KEYS = (
+    "max_batch_size", "allowed_batch_sizes", "batch_timeout_ms", "max_enqueued", "version_policy", "default_method",
+    "warm_up", "batches_in_flight",
+)
 
 
 class ConfigError(ValueError):
@@ -59,6 +63,7 @@ class ModelConfig:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     default_method: str | None = None  # None: the export's first method
     warm_up: bool = True  # compile every batch size before serving
+    batches_in_flight: int = 0  # 0: 2 on a GPU (copy/compute overlap), 1 on a CPU
 
 
 def path(repo, name: str) -> Path:
@@ -118,7 +123,8 @@ def parse(values, defaults: ModelConfig) -> ModelConfig:
     warm_up = values.get("warm_up", defaults.warm_up)
     if not isinstance(warm_up, bool):
         raise ConfigError(f"warm_up is true or false, got {warm_up!r}")
-    return ModelConfig(batching, policy, method, warm_up)
+    in_flight = _number(values, "batches_in_flight", int, 1) if "batches_in_flight" in values else defaults.batches_in_flight
+    return ModelConfig(batching, policy, method, warm_up, in_flight)
 
 
 def load(file: Path, defaults: ModelConfig) -> ModelConfig:

@@ -41,12 +41,13 @@ class ServedModel:
         self.default_method = config.default_method or self.methods[0]
         if self.default_method not in self.methods:
             raise ValueError(f"default_method {self.default_method!r} is not one of {', '.join(self.methods)}")
-        # One thread runs the model: the device does one batch at a time anyway.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.name}")
+        # A CPU runs one batch at a time; a GPU takes a second one to copy while it computes.
+        in_flight = config.batches_in_flight or (2 if "GPU" in device else 1)
+        self._executor = ThreadPoolExecutor(in_flight, thread_name_prefix=f"model-{self.name}")
         with tf.device(device):
             self._explain = tf.saved_model.load(str(path)).signatures["serving_default"]
         self.stats = ModelStats()
-        self.batcher = Batcher(self.run_batch, config.batching, self._executor, self.stats, metrics, name=self.name)
+        self.batcher = Batcher(self.run_batch, config.batching, self._executor, self.stats, metrics, self.name, in_flight)
 
     def run_batch(self, images: np.ndarray, class_index: np.ndarray, method: np.ndarray) -> dict:
         with tf.device(self.device):

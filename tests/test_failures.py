@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import threading
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -137,3 +138,43 @@ def test_a_dead_batcher_is_reported_and_refuses_new_work():
     assert len(crashed) == 1 and isinstance(crashed[0], BaseException)
     assert all(isinstance(e, BaseException) for e in errors), "no caller is left waiting"
     assert refused.code == grpc.StatusCode.UNAVAILABLE and "batcher stopped" in refused.message
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_batches_in_flight_on_the_device(in_flight):
+    """The GPU path (a second batch in flight) and the CPU path, on the CPU: never more
+    batches run at once than allowed, and every request is answered with its own row."""
+    import time
+
+    from camserve.server.batcher import Batcher, BatchingOptions, Item
+    from camserve.server.statistics import ModelStats
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def run_batch(images, class_index, method):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return {"value": images[:, 0, 0, 0].astype(np.float32)}
+
+    async def scenario():
+        batcher = Batcher(run_batch, BatchingOptions(max_batch_size=2), ThreadPoolExecutor(in_flight), ModelStats(), batches_in_flight=in_flight)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for i in range(12):
+            image = np.full((2, 2, 3), i, np.uint8)
+            futures.append(loop.create_future())
+            with batcher.admit():
+                batcher.submit(Item(image, -1, 0, None, futures[-1]))
+            await asyncio.sleep(0.01)
+        results = await asyncio.gather(*futures)
+        await batcher.drained()
+        await batcher.stop()
+        return [float(r.outputs["value"]) for r in results]
+
+    assert asyncio.run(scenario()) == [float(i) for i in range(12)]
+    assert most[0] == in_flight
