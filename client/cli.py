@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--target", default="localhost:8500", help="server address HOST:PORT")
     p.add_argument("--out", required=True, type=Path, help="folder for the overlay PNGs and results.csv")
     p.add_argument("--model", help="model name (default: the server's only model)")
-    p.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or guided")
+    p.add_argument("--method", help="gradcam, gradcam++ or guided (default: the model's default method)")
     p.add_argument("--class-index", type=int, help="class to explain (default: top-1)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--resize", default="stretch", choices=["stretch", "center_crop", "letterbox"])
