@@ -49,7 +49,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 IN_PROCESS = """
-import sys, time, numpy as np, tensorflow as tf
+import json, sys, time, numpy as np, tensorflow as tf
 explain = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
 h, w = int(sys.argv[2]), int(sys.argv[3])
 best = {}
@@ -68,14 +68,15 @@ for n in (1, 8, 32):
         for _ in range(200):
             explain(**args)["heatmap"].numpy()
         best["latency_ms"] = (time.perf_counter() - start) / 200 * 1e3
-print(best)
+print(json.dumps(best))
 """
 
 
 def in_process(version_dir: Path, size, pin: list[str]) -> dict:
     out = subprocess.run([*pin, sys.executable, "-c", IN_PROCESS, str(version_dir), str(size[0]), str(size[1])],
                          capture_output=True, text=True, check=True)
-    return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own child's dict
+    best = json.loads(out.stdout.strip().splitlines()[-1])
+    return {(int(k) if k.isdigit() else k): v for k, v in best.items()}
 
 
 def perf_analyzer(binary: str, pin: list[str], target: str, model: str, concurrency: int, seconds: float, batch: int = 1) -> dict:

@@ -13,12 +13,12 @@ import tensorflow as tf
 
 from camserve.progress import Steps
 
-from . import graph, heads, repository, source
+from . import graph, repository, source
 from .explainer import Explainer
 from .methods import NAMES
 from .module import CamModule
 from .preprocess import MODES, preprocess
-from .verify import TOLERANCE, VerificationError, sample_inputs, verify
+from .verify import TOLERANCE, VerificationError, check_outputs, sample_inputs, verify
 
 
 class ExportError(ValueError):
@@ -92,7 +92,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         input_size, channels = _input_geometry(src.model, opts.input_size)
         target = graph.resolve_target(src.model, opts.layer)
         head = graph.head(src.model, opts.head)
-        explainer = Explainer(graph.split(src.model, target, True, opts.head), mode, channels, head.kind)
+        explainer = Explainer(graph.split(src.model, target, head), mode, channels, head.kind)
         module = CamModule(src.model, explainer, input_size, opts.xla)
         steps.say(f"      target layer {'.'.join(target)}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
         read = "the scores before" if head.stripped else "the output of"
@@ -111,7 +111,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         outputs = module.explain(images, class_index, method)
         module.predict(images)
         original = src.model(preprocess(images, mode, channels), training=False)
-        heads.check_outputs(head.kind, head.stripped, head.forced, outputs, original, head.where)
+        check_outputs(head, outputs, original)
 
     staging = repository.staging_dir(opts.repo, opts.name, version)
     shutil.rmtree(staging, ignore_errors=True)

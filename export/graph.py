@@ -217,15 +217,16 @@ def _submodel(inputs, outputs):
 Forward = Callable[..., tuple]
 
 
-def split(model, path: tuple[str, ...], to_scores: bool, override: str | None = None) -> Forward:
-    """forward(x) -> (y, activations): y is the model's output, or its head's scores
-    (before a softmax or sigmoid) when to_scores; activations is the target layer's
-    output (None when path is empty). Everything runs in inference mode in one
-    pass, so the activations are an intermediate tensor that gradients of y can
+def split(model, path: tuple[str, ...], top: Head | None) -> Forward:
+    """forward(x) -> (y, activations): y is the model's output, or the scores of its
+    head `top` (before a softmax or sigmoid; see head()); activations is the target
+    layer's output (None when path is empty). Everything runs in inference mode in
+    one pass, so the activations are an intermediate tensor that gradients of y can
     be taken against."""
     model_in = _single(model.inputs, f"model {model.name!r} input")
     out = _single(model.outputs, "output")
-    top = head(model, override) if to_scores else Head("linear", out, _identity, False, out.name)
+    to_scores = top is not None
+    top = top or Head("linear", out, _identity, False, out.name)
     if not path:
         body = _submodel(model_in, [top.tensor])
         return lambda x: (top.apply(body(x, training=False)), None)
@@ -247,10 +248,10 @@ def split(model, path: tuple[str, ...], to_scores: bool, override: str | None = 
     layer_out = _single(node.output_tensors, f"layer {layer.name!r} output")
     pre = _submodel(model_in, [layer_in])
     if layer is out._keras_history.operation and to_scores:
-        inner = split(layer, path[1:], True, override)
+        inner = split(layer, path[1:], head(layer, top.kind if top.forced else None))
         return lambda x: inner(pre(x, training=False))
 
-    inner = split(layer, path[1:], False)
+    inner = split(layer, path[1:], None)
     try:
         post = _submodel(layer_out, [top.tensor])
     except ValueError as err:

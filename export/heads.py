@@ -26,10 +26,6 @@ SIGMOID_KINDS = ("sigmoid", "binary")
 # What a probe finds an operation computes.
 SOFTMAX, SIGMOID, IDENTITY, NORMALISING, OTHER = "softmax", "sigmoid", "identity", "normalising", "other"
 
-# float32 through a deep network, relative to the larger of 1 and the output's magnitude.
-TOLERANCE = 1e-4
-
-
 class HeadError(ValueError):
     """The last layer cannot be read as a head; the message says what to pass."""
 
@@ -93,10 +89,6 @@ def _check_width(kind: str, width: int):
         raise HeadError(f"--head {kind} needs several output units; a one-unit sigmoid model is --head binary")
 
 
-def num_classes(kind: str, width: int) -> int:
-    return 2 if kind == "binary" else width
-
-
 def logits(kind: str, scores):
     """The explained logits from the head's scores [N, units]."""
     return tf.concat([-scores, scores], axis=-1) if kind == "binary" else scores
@@ -104,33 +96,3 @@ def logits(kind: str, scores):
 
 def probabilities(kind: str, logits):
     return tf.sigmoid(logits) if kind in SIGMOID_KINDS else tf.nn.softmax(logits)
-
-
-def check_outputs(kind: str, stripped: bool, forced: bool, outputs: dict, original: np.ndarray, where: str):
-    """The exported outputs mean what the model's own outputs mean: its probabilities
-    when the head was stripped, its scores otherwise (binary: the positive class)."""
-    name = "probabilities" if stripped else "logits"
-    got = np.asarray(outputs[name], np.float64)
-    got = got[:, 1:] if kind == "binary" else got
-    original = np.asarray(original, np.float64)
-    error = float(np.max(np.abs(got - original)) / max(1.0, float(np.max(np.abs(original)))))
-    if not error <= TOLERANCE:
-        raise HeadError(
-            f"the exported {name} differ from the model's own outputs by {error:.1e} (relative) with head "
-            f"{kind!r} read at layer {where!r}: that layer does not compute what the head says. "
-            "Pass --head softmax|sigmoid|binary|linear to say what it computes"
-        )
-    if kind == "linear" and not forced and _looks_like_probabilities(original):
-        raise HeadError(
-            f"the model's outputs are probabilities (each row sums to 1), but its last layer {where!r} is not "
-            "a recognised softmax. Pass --head softmax if that layer applies a softmax to its input, or "
-            "--head linear to explain the probabilities as they are"
-        )
-
-
-def _looks_like_probabilities(outputs: np.ndarray) -> bool:
-    return (
-        outputs.shape[-1] > 1
-        and outputs.min() >= 0.0
-        and bool(np.allclose(outputs.sum(axis=-1), 1.0, rtol=1e-5, atol=1e-5))
-    )

@@ -10,8 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 from .explainer import Explainer
+from .graph import Head, split
 from .graph import head as find_head
-from .graph import split
+from .heads import HeadError
 from .methods import METHODS
 from .source import COMPATIBILITY
 
@@ -66,8 +67,39 @@ class Report:
         return self.logits_error <= TOLERANCE and self.heatmap_error <= TOLERANCE
 
 
-def _relative_error(got, want) -> float:
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
+def _relative_error(got, want, floor: float = 1e-12) -> float:
+    """Largest difference relative to the larger of `floor` and the largest |want|."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), floor))
+
+
+def check_outputs(head: Head, outputs: dict, original):
+    """The exported outputs mean what the model's own outputs mean: its probabilities
+    when the head was stripped, its scores otherwise (binary: the positive class).
+    Relative to at least 1: probabilities are small numbers that are exact anyway."""
+    name = "probabilities" if head.stripped else "logits"
+    got = np.asarray(outputs[name])
+    error = _relative_error(got[:, 1:] if head.kind == "binary" else got, original, floor=1.0)
+    if not error <= TOLERANCE:
+        raise HeadError(
+            f"the exported {name} differ from the model's own outputs by {error:.1e} (relative) with head "
+            f"{head.kind!r} read at layer {head.where!r}: that layer does not compute what the head says. "
+            "Pass --head softmax|sigmoid|binary|linear to say what it computes"
+        )
+    if head.kind == "linear" and not head.forced and _looks_like_probabilities(np.asarray(original)):
+        raise HeadError(
+            f"the model's outputs are probabilities (each row sums to 1), but its last layer {head.where!r} is not "
+            "a recognised softmax. Pass --head softmax if that layer applies a softmax to its input, or "
+            "--head linear to explain the probabilities as they are"
+        )
+
+
+def _looks_like_probabilities(outputs: np.ndarray) -> bool:
+    return (
+        outputs.shape[-1] > 1
+        and outputs.min() >= 0.0
+        and bool(np.allclose(outputs.sum(axis=-1), 1.0, rtol=1e-5, atol=1e-5))
+    )
 
 
 def verify(saved_model_dir, model, target_path, preprocess_mode, channels, input_size, head=None) -> Report:
@@ -78,8 +110,8 @@ def verify(saved_model_dir, model, target_path, preprocess_mode, channels, input
     got = {k: v.numpy() for k, v in explain(images=images, class_index=class_index, method=method).items()}
 
     twin = as_float64(model)
-    forward = split(twin, target_path, True, head)
-    reference = Explainer(forward, preprocess_mode, channels, find_head(twin, head).kind, tf.float64)
+    twin_head = find_head(twin, head)
+    reference = Explainer(split(twin, target_path, twin_head), preprocess_mode, channels, twin_head.kind, tf.float64)
     want = {k: v.numpy() for k, v in reference.explain(images, class_index, method).items()}
     if not np.array_equal(got["class_index"], want["class_index"]):
         # Near-ties in top-1 can flip between float32 and float64; say so rather than compare maps of other classes.

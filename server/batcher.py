@@ -7,9 +7,9 @@ So a lone request on an idle server never waits, and while a batch runs, the
 requests that arrive meanwhile form the next one. Batches are padded to the
 smallest of `allowed_batch_sizes` that fits, so XLA only ever sees shapes that
 warm-up compiled. At most `max_enqueued` requests are admitted (being decoded
-or waiting) before any of their work starts; beyond that callers get
-RESOURCE_EXHAUSTED at once, before their images are decoded. Requests whose deadline passed or whose caller went
-away are dropped before they run.
+or waiting); beyond that callers get RESOURCE_EXHAUSTED at once, before their
+images are decoded. Requests whose deadline passed or whose caller went away
+are dropped before they run.
 
 On a GPU a second batch may be in flight while the first runs
 (`batches_in_flight` 2: its inputs are copied while the other computes); on
@@ -46,6 +46,11 @@ log = logging.getLogger("camserve.batcher")
 SOLO_FAILURES = 2
 
 
+def _count(value) -> bool:
+    """A whole number of at least 1 (JSON's true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     max_batch_size: int = 32
@@ -56,13 +61,13 @@ class BatchingOptions:
     def check(self):
         """ValueError naming the first knob out of range (a zero batch size would
         stall the batcher at its first request)."""
-        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+        if not _count(self.max_batch_size):
             raise ValueError(f"max batch size must be at least 1, got {self.max_batch_size!r}")
         if not self.batch_timeout >= 0:
             raise ValueError(f"batch timeout must be 0 or more, got {self.batch_timeout!r}")
-        if isinstance(self.max_enqueued, bool) or not isinstance(self.max_enqueued, int) or self.max_enqueued < 1:
+        if not _count(self.max_enqueued):
             raise ValueError(f"max enqueued must be at least 1, got {self.max_enqueued!r}")
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.allowed_batch_sizes):
+        if not all(_count(size) for size in self.allowed_batch_sizes):
             raise ValueError(f"allowed batch sizes are positive integers, got {list(self.allowed_batch_sizes)}")
         if self.allowed_batch_sizes and max(self.allowed_batch_sizes) != self.max_batch_size:
             raise ValueError(

@@ -1,8 +1,22 @@
 """`camserve serve --repo DIR [--port 8500] ...`"""
 
+import argparse
 from pathlib import Path
 
 from camserve import colors
+
+
+def _at_least(low, kind=int):
+    """An argparse type: a number of `kind`, refused below `low` with a message."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type when the text is no number
+    return parse
 
 
 def add_parser(subparsers):
@@ -11,7 +25,7 @@ def add_parser(subparsers):
     p.add_argument("--model", dest="models", action="append", help="serve only this model (repeatable)")
     p.add_argument("--version-policy", choices=["latest", "all", "specific"], default="latest")
     p.add_argument("--versions", type=int, nargs="+", default=[], help="with --version-policy specific")
-    p.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for new versions; 0: never")
+    p.add_argument("--poll-seconds", type=_at_least(0, float), default=5.0, help="how often to look for new versions; 0: never")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8500)
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus metrics over HTTP; 0 turns it off")
@@ -21,23 +35,23 @@ def add_parser(subparsers):
     p.add_argument("--max-enqueued", type=int, default=256, help="waiting requests per model before RESOURCE_EXHAUSTED")
     p.add_argument("--allowed-batch-sizes", type=int, nargs="+", help="the padding ladder (default: powers of two)")
     p.add_argument(
-        "--stream-window", type=int, help="requests one stream may have in flight (default: max batch size, at most max enqueued)"
+        "--stream-window", type=_at_least(1), help="requests one stream may have in flight (default: max batch size, at most max enqueued)"
     )
-    p.add_argument("--max-message-mb", type=float, default=64.0)
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded image, in pixels")
+    p.add_argument("--max-message-mb", type=_at_least(0.001, float), default=64.0)
+    p.add_argument("--max-pixels", type=_at_least(1), default=40_000_000, help="largest decoded image, in pixels")
     p.add_argument(
         "--background", type=colors.rgb, default="FFFFFF", metavar="RRGGBB",
         help="hex colour transparent pixels are composited onto, unless a request sets its own (default: white)",
     )
-    p.add_argument("--max-concurrent-rpcs", type=int, default=1000, help="calls (streams count once) before RESOURCE_EXHAUSTED")
-    p.add_argument("--max-connection-age", type=float, default=300.0, help="seconds before a connection is closed so clients re-resolve")
-    p.add_argument("--max-connection-age-grace", type=float, default=30.0, help="seconds a closing connection's calls get to finish")
-    p.add_argument("--batches-in-flight", type=int, default=0, help="batches on the device at once (default: 2 on a GPU, 1 on a CPU)")
-    p.add_argument("--decode-threads", type=int, default=0, help="decode/resize threads (default: the CPUs usable)")
-    p.add_argument("--intra-op-threads", type=int, default=0, help="TensorFlow intra-op threads (default: the CPUs usable)")
-    p.add_argument("--inter-op-threads", type=int, default=0, help="TensorFlow inter-op threads (default: the CPUs usable)")
-    p.add_argument("--shutdown-delay", type=float, default=1.0, help="seconds of NOT_SERVING before refusing calls")
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds accepted calls get to finish")
+    p.add_argument("--max-concurrent-rpcs", type=_at_least(1), default=1000, help="calls (streams count once) before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-connection-age", type=_at_least(1, float), default=300.0, help="seconds before a connection is closed so clients re-resolve")
+    p.add_argument("--max-connection-age-grace", type=_at_least(0, float), default=30.0, help="seconds a closing connection's calls get to finish")
+    p.add_argument("--batches-in-flight", type=_at_least(0), default=0, help="batches on the device at once (default: 2 on a GPU, 1 on a CPU)")
+    p.add_argument("--decode-threads", type=_at_least(0), default=0, help="decode/resize threads (default: the CPUs usable)")
+    p.add_argument("--intra-op-threads", type=_at_least(0), default=0, help="TensorFlow intra-op threads (default: the CPUs usable)")
+    p.add_argument("--inter-op-threads", type=_at_least(0), default=0, help="TensorFlow inter-op threads (default: the CPUs usable)")
+    p.add_argument("--shutdown-delay", type=_at_least(0, float), default=1.0, help="seconds of NOT_SERVING before refusing calls")
+    p.add_argument("--drain-timeout", type=_at_least(0, float), default=30.0, help="seconds accepted calls get to finish")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mutual TLS)")
@@ -47,26 +61,6 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     import sys
-
-    at_least = {
-        "--stream-window": (args.stream_window, 1),
-        "--max-concurrent-rpcs": (args.max_concurrent_rpcs, 1),
-        "--max-connection-age": (args.max_connection_age, 1),
-        "--max-connection-age-grace": (args.max_connection_age_grace, 0),
-        "--decode-threads": (args.decode_threads, 0),
-        "--batches-in-flight": (args.batches_in_flight, 0),
-        "--intra-op-threads": (args.intra_op_threads, 0),
-        "--inter-op-threads": (args.inter_op_threads, 0),
-        "--max-pixels": (args.max_pixels, 1),
-        "--max-message-mb": (args.max_message_mb, 0.001),
-        "--poll-seconds": (args.poll_seconds, 0),
-        "--shutdown-delay": (args.shutdown_delay, 0),
-        "--drain-timeout": (args.drain_timeout, 0),
-    }
-    for flag, (value, low) in at_least.items():
-        if value is not None and not value >= low:
-            print(f"camserve serve: error: {flag} must be at least {low}, got {value}", file=sys.stderr)
-            return 2
 
     from .batcher import BatchingOptions
     from .handler import Limits
@@ -88,6 +82,7 @@ def run(args) -> int:
         return 2
     from .app import ServerOptions, serve  # the whole server: only once the flags are known good
 
+    max_message_bytes = int(args.max_message_mb * 1024 * 1024)
     options = ServerOptions(
         repo=args.repo,
         models=args.models,
@@ -106,12 +101,12 @@ def run(args) -> int:
         inter_op_threads=args.inter_op_threads,
         limits=Limits(
             max_pixels=args.max_pixels,
-            max_response_bytes=int(args.max_message_mb * 1024 * 1024),
+            max_response_bytes=max_message_bytes,
             background=args.background,
             # One stream alone fills a batch but never the queue: it is held back, not shed.
             stream_window=args.stream_window or min(args.max_batch_size, args.max_enqueued),
         ),
-        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        max_message_bytes=max_message_bytes,
         shutdown_delay=args.shutdown_delay,
         drain_timeout=args.drain_timeout,
     )

@@ -29,7 +29,7 @@ from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, abort, invalid
-from .handler import Handler, Limits, check_targets, cheap, deadline, fit
+from .handler import Handler, Limits, check_targets, deadline, encoded_is_cheap, fit, raw_is_cheap
 from .models import Registry, ServedModel
 from .streams import completion_order
 from .tensors import decode_inputs, encode_output
@@ -74,15 +74,15 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         return kpb.ServerReadyResponse(ready=self.registry.ready)
 
     async def ModelReady(self, request, context):
-        """Not ready (rather than an error) for a model or version that is not served."""
+        """Not ready (rather than an error) for a model or version that is not served;
+        INVALID_ARGUMENT for a request that names none."""
         try:
-            version = _version(request.version)
-            if not request.name and len(self.registry.versions) != 1:
-                raise invalid("name the model: ModelReady needs a model name when several are served")
+            self.registry.get(request.name, _version(request.version))
         except RequestError as err:
-            await context.abort(err.code, err.message)
-        model = self.registry.find(request.name or next(iter(self.registry.versions)), version)
-        return kpb.ModelReadyResponse(ready=model is not None and self.registry.ready)
+            if err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                await context.abort(err.code, err.message)
+            return kpb.ModelReadyResponse(ready=False)
+        return kpb.ModelReadyResponse(ready=self.registry.ready)
 
     async def ServerMetadata(self, request, context):
         return kpb.ServerMetadataResponse(name="camserve", version=camserve.__version__, extensions=["statistics"])
@@ -248,14 +248,14 @@ def image_inputs(model: ServedModel, request, limits: Limits):
         if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 2, 3, 4):
             raise invalid("input 'images' must be UINT8 [N,H,W,3] (1, 2 or 4 channels also accepted)")
         n, h, w, c = images.shape
-        inline = cheap(h * w, 0, model)
+        inline = raw_is_cheap(h, w, model)
         pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, limits.max_pixels, limits.background) for image in images]
     else:
         blobs = tensors["image_bytes"]
         if not isinstance(blobs, list):
             raise invalid("input 'image_bytes' must be BYTES [N]")
         n = len(blobs)
-        inline = all(cheap(0, len(blob), model) for blob in blobs)
+        inline = all(encoded_is_cheap(blob) for blob in blobs)
         pixels = [functools.partial(decode_encoded, blob, limits.max_pixels, limits.background) for blob in blobs]
     if n == 0 or n > limit:
         raise invalid(f"a request carries 1 to {limit} images; this one has {n}")

@@ -33,15 +33,13 @@ from camserve.export import repository
 
 from . import model_config
 from .model_config import ConfigError, ModelConfig
-from .models import Registry, ServedModel, VersionState
+from .models import AVAILABLE, END, LOADING, STATES, UNAVAILABLE, Registry, ServedModel, VersionState
 
 log = logging.getLogger("camserve.lifecycle")
 
 RETIRE_GRACE = 1.0  # seconds for calls that picked the old version just before the swap
 EMPTY_PASSES = 3
 RETRY_BACKOFF, MAX_BACKOFF = 1.0, 300.0
-LOADING, AVAILABLE, UNAVAILABLE, END = "LOADING", "AVAILABLE", "UNAVAILABLE", "END"
-STATES = (LOADING, AVAILABLE, UNAVAILABLE, END)
 
 
 def contents(folder: Path):

@@ -75,9 +75,13 @@ class ServedModel:
         self._executor.shutdown(wait=True)
 
 
+LOADING, AVAILABLE, UNAVAILABLE, END = "LOADING", "AVAILABLE", "UNAVAILABLE", "END"
+STATES = (LOADING, AVAILABLE, UNAVAILABLE, END)
+
+
 @dataclass
 class VersionState:
-    """LOADING, AVAILABLE, UNAVAILABLE (with the reason) or END, as in TF Serving."""
+    """One of STATES, as in TF Serving; UNAVAILABLE carries the reason."""
 
     state: str
     reason: str = ""
@@ -138,7 +142,7 @@ class Registry:
         if model is not None:
             return model
         states = {v: s for (n, v), s in self.states.items() if n == name and (v == version or not version)}
-        if any(s.state == "LOADING" for s in states.values()):
+        if any(s.state == LOADING for s in states.values()):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} is loading; retry shortly")
         why = "".join(f"; version {v} is {s.state}{': ' + s.reason if s.reason else ''}" for v, s in sorted(states.items()))
         if name in self.versions:

@@ -10,10 +10,10 @@ import grpc
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
-from .errors import abort, as_request_error, invalid
+from .errors import abort, invalid
 from .handler import Handler
-from .models import Registry, ServedModel
-from .streams import completion_order
+from .models import AVAILABLE, LOADING, UNAVAILABLE, Registry, ServedModel
+from .streams import answered, completion_order
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:
@@ -32,7 +32,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         num_classes=model.num_classes,
         device=model.device,
         batch_sizes=list(model.batcher.ladder),
-        state="AVAILABLE",  # only warmed-up versions are in the registry
+        state=AVAILABLE,  # only warmed-up versions are in the registry
         tensorflow=meta.get("tensorflow", ""),
         keras=meta.get("keras", ""),
         head=model.head,
@@ -68,23 +68,18 @@ class CamServeService(pb_grpc.CamServeServicer):
             window = self.handler.limits.stream_window
             if not 1 <= len(request.requests) <= window:
                 raise invalid(f"ExplainMany carries 1 to {window} requests (the stream window); this one has {len(request.requests)}")
-            responses = await asyncio.gather(*(self._explain_or_error(r, context) for r in request.requests))
+            explain = functools.partial(self.handler.explain, context=context, api="native_many")
+            responses = await asyncio.gather(*(answered(explain, r, _failed) for r in request.requests))
             return pb.ExplainManyResponse(responses=responses)
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
             await abort(context, err)
-
-    async def _explain_or_error(self, request, context):
-        try:
-            return await self.handler.explain(request, context, "native_many")
-        except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
-            return _failed(request, as_request_error(err))
 
     async def ListModels(self, request, context):
         """The served versions, then those loading or refused."""
         others = [
             pb.ModelInfo(name=name, version=version, state=s.state, state_reason=s.reason)
             for (name, version), s in sorted(self.registry.states.items())
-            if s.state in ("LOADING", "UNAVAILABLE") and self.registry.find(name, version) is None
+            if s.state in (LOADING, UNAVAILABLE) and self.registry.find(name, version) is None
         ]
         return pb.ListModelsResponse(models=[model_info(m) for m in self.registry.all()] + others)
 

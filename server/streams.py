@@ -18,6 +18,14 @@ from .errors import RequestError, as_request_error
 _END = object()  # closes a stream's response queue
 
 
+async def answered(handle: Callable[[object], Awaitable[object]], request, failed: Callable[[object, RequestError], object]):
+    """handle(request), or its failure as that request's own response (streams and ExplainMany)."""
+    try:
+        return await handle(request)
+    except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
+        return failed(request, as_request_error(err))
+
+
 async def completion_order(
     requests: AsyncIterator,
     handle: Callable[[object], Awaitable[object]],
@@ -29,11 +37,7 @@ async def completion_order(
     pending: set[asyncio.Task] = set()
 
     async def handle_one(request):
-        try:
-            response = await handle(request)
-        except Exception as err:  # noqa: BLE001 - one request's failure travels in its response
-            response = failed(request, as_request_error(err))
-        await done.put(response)
+        await done.put(await answered(handle, request, failed))
 
     async def read_all():
         try:
