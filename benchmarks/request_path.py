@@ -2,14 +2,17 @@
 to another, against the same SavedModel in-process on the server's core.
 
     python benchmarks/request_path.py [--source demo] [--concurrency 1 32] [--seconds 8]
-                                      [--perf-analyzer PATH] [--server-args ...]
+                                      [--workers 1 2] [--perf-analyzer PATH] [--server-args ...]
 
 Per API (KServe driven by Triton's perf_analyzer, native by camserve's own
 load tester, native with 8 images per ExplainMany call) and concurrency:
 throughput, p50/p99, the server's CPU seconds per image (from /proc), and the
-ratio to the best in-process throughput (batch 1/8/32) on the same core. With
-a single core the processes are not pinned and the table says so. Prints a
-table and writes results/request_path_<source>.json.
+ratio to the best in-process throughput (batch 1/8/32) on one of the server's
+cores. The load generator gets the last core and the server the others; with a
+single core nothing is pinned and the table says so. With several --workers
+counts each gets its own server (`serve --workers N`), and the rows also show
+how the calls spread over the workers (each one's share of an even split).
+Prints a table and writes results/request_path_<source>.json.
 """
 
 from __future__ import annotations
@@ -35,17 +38,25 @@ HERE = Path(__file__).parent
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cores() -> tuple[list[str], list[str]]:
-    """taskset prefixes for (server, load generator): separate cores when there are two."""
+def cores() -> tuple[list[str], list[str], list[str]]:
+    """taskset prefixes for (server, load generator, in-process run): the load
+    generator on the last core, the server on the others."""
     usable = sorted(os.sched_getaffinity(0))
     if len(usable) < 2 or shutil.which("taskset") is None:
-        return [], []
-    return ["taskset", "-c", str(usable[0])], ["taskset", "-c", str(usable[1])]
+        return [], [], []
+    server = ",".join(str(c) for c in usable[:-1])
+    return ["taskset", "-c", server], ["taskset", "-c", str(usable[-1])], ["taskset", "-c", str(usable[0])]
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """The server's CPU: the process and its live children (--workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
 
 
 IN_PROCESS = """
@@ -99,11 +110,11 @@ NATIVE = """
 import asyncio, json, sys, time, numpy as np
 from camserve.client import AsyncClient
 target, model, concurrency, seconds, per_call = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-h, w = int(sys.argv[6]), int(sys.argv[7])
+h, w, connections = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
 images = list(np.random.default_rng(0).integers(0, 256, (16, h, w, 3), dtype=np.uint8))
 async def main():
     latencies, done = [], 0
-    async with AsyncClient(target, model=model, retries=0) as client:
+    async with AsyncClient(target, model=model, retries=0, connections=connections) as client:
         async def caller(k):
             nonlocal done
             end = time.monotonic() + seconds + 1.0
@@ -124,7 +135,8 @@ asyncio.run(main())
 
 
 def native(pin: list[str], target: str, model: str, concurrency: int, seconds: float, size, per_call: int = 1) -> dict:
-    args = [target, model, str(concurrency), str(seconds), str(per_call), str(size[0]), str(size[1])]
+    # A connection per caller (up to 32): a server's --workers each take whole connections.
+    args = [target, model, str(concurrency), str(seconds), str(per_call), str(size[0]), str(size[1]), str(min(concurrency, 32))]
     out = subprocess.run([*pin, sys.executable, "-c", NATIVE, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -133,60 +145,76 @@ def served(server) -> float:
     return server.metric("camserve_executed_requests_total")
 
 
-def main():
+def worker_calls(server, workers: int) -> list[float]:
+    return [server.metric("camserve_worker_calls_total", worker=str(i)) for i in range(workers)]
+
+
+def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best_rate: float, server_pin, load_pin) -> list[dict]:
     from camserve.server.process import ServerProcess
 
+    rows = []
+    extra = ["--workers", str(workers)] if workers > 1 else []
+    server = ServerProcess(repo, tmp / f"server{workers}.log", *extra, *args.server_args, prefix=tuple(server_pin))
+    try:
+        server.wait_for("SERVING", timeout=600)
+        loads = []
+        if args.perf_analyzer:
+            loads += [("kserve (perf_analyzer)", c, 1) for c in args.concurrency]
+        loads += [("native (camserve client)", c, 1) for c in args.concurrency]
+        loads += [("native, 8 images per ExplainMany", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
+        if args.perf_analyzer:
+            loads += [("kserve, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
+        for api, concurrency, per_call in loads:
+            cpu0, images0, calls0 = tree_cpu_seconds(server.process.pid), served(server), worker_calls(server, workers)
+            if api.startswith("kserve"):
+                result = perf_analyzer(args.perf_analyzer, load_pin, server.target, args.source, concurrency, args.seconds, per_call)
+            else:
+                result = native(load_pin, server.target, args.source, concurrency, args.seconds, size, per_call)
+            cpu = tree_cpu_seconds(server.process.pid) - cpu0
+            images = served(server) - images0
+            calls = [b - a for a, b in zip(calls0, worker_calls(server, workers))]
+            row = {
+                "workers": workers,
+                "api": api,
+                "concurrency": concurrency,
+                "images_per_call": per_call,
+                **{k: round(v, 2) for k, v in result.items()},
+                "server_cpu_ms_per_image": round(cpu / max(images, 1) * 1e3, 3),
+                "vs_in_process": round(result["images_per_s"] / best_rate, 3),
+                "p50_vs_in_process_batch1": round(result["p50_ms"] / best["latency_ms"], 2),
+                "worker_shares": [round(c * workers / max(sum(calls), 1), 2) for c in calls],
+            }
+            rows.append(row)
+            print(f"  N={workers} {api:34s} c={concurrency:<3d} {row['images_per_s']:8.1f}/s p50 {row['p50_ms']:6.2f} ms "
+                  f"p99 {row['p99_ms']:6.2f} ms cpu {row['server_cpu_ms_per_image']:.3f} ms/img "
+                  f"x{row['vs_in_process']:.2f} of in-process, shares {row['worker_shares']}", file=sys.stderr)
+    finally:
+        server.terminate()
+    return rows
+
+
+def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="demo")
     parser.add_argument("--weights", default="none")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--perf-analyzer", default=os.environ.get("CAMSERVE_PERF_ANALYZER") or shutil.which("perf_analyzer"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="`serve --workers` counts, one server each")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra `camserve serve` flags")
     parser.add_argument("--label", default="", help="a name for this configuration in the results file")
     args = parser.parse_args()
-    server_pin, load_pin = cores()
+    server_pin, load_pin, one_core = cores()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
         version = exported(args.source, repo, args.source, args.weights)
         size = random_images(version, 1)[0].shape[:2]
-        best = in_process(version, size, server_pin)
+        best = in_process(version, size, one_core)
         best_rate = max(v for k, v in best.items() if k != "latency_ms")
-        print(f"in-process on the server's core: {best}", file=sys.stderr)
-        server = ServerProcess(repo, Path(tmp) / "server.log", *args.server_args, prefix=tuple(server_pin))
-        try:
-            server.wait_for("SERVING", timeout=600)
-            loads = []
-            if args.perf_analyzer:
-                loads += [("kserve (perf_analyzer)", c, 1) for c in args.concurrency]
-            loads += [("native (camserve client)", c, 1) for c in args.concurrency]
-            loads += [("native, 8 images per ExplainMany", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
-            if args.perf_analyzer:
-                loads += [("kserve, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
-            for api, concurrency, per_call in loads:
-                cpu0, images0 = cpu_seconds(server.process.pid), served(server)
-                if api.startswith("kserve"):
-                    result = perf_analyzer(args.perf_analyzer, load_pin, server.target, args.source, concurrency, args.seconds, per_call)
-                else:
-                    result = native(load_pin, server.target, args.source, concurrency, args.seconds, size, per_call)
-                cpu = cpu_seconds(server.process.pid) - cpu0
-                images = served(server) - images0
-                row = {
-                    "api": api,
-                    "concurrency": concurrency,
-                    "images_per_call": per_call,
-                    **{k: round(v, 2) for k, v in result.items()},
-                    "server_cpu_ms_per_image": round(cpu / max(images, 1) * 1e3, 3),
-                    "vs_in_process": round(result["images_per_s"] / best_rate, 3),
-                    "p50_vs_in_process_batch1": round(result["p50_ms"] / best["latency_ms"], 2),
-                }
-                rows.append(row)
-                print(f"  {api:34s} c={concurrency:<3d} {row['images_per_s']:8.1f}/s p50 {row['p50_ms']:6.2f} ms "
-                      f"p99 {row['p99_ms']:6.2f} ms cpu {row['server_cpu_ms_per_image']:.3f} ms/img "
-                      f"x{row['vs_in_process']:.2f} of in-process", file=sys.stderr)
-        finally:
-            server.terminate()
+        print(f"in-process on one of the server's cores: {best}", file=sys.stderr)
+        for workers in args.workers:
+            rows += run_server(args, repo, Path(tmp), workers, size, best, best_rate, server_pin, load_pin)
     from camserve.server.device import select_device
 
     result = {
@@ -194,6 +222,7 @@ def main():
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "label": args.label,
         "pinned": bool(server_pin),
+        "server_cores": server_pin[-1] if server_pin else "all",
         "device": select_device(),
         "in_process": {str(k): round(v, 2) for k, v in best.items()},
         "rows": rows,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections import deque
 from typing import AsyncIterator, Iterable, Iterator
@@ -19,11 +20,18 @@ WINDOW = 32  # images a stream keeps sent and unanswered
 
 
 class _Base:
-    def __init__(self, connection: Connection, model: str | None, timeout: float | None):
+    def __init__(self, connection: Connection, model: str | None, timeout: float | None, aio: bool):
         self.connection = connection
         self.metadata = connection.metadata()
         self.model = model
         self.timeout = timeout
+        self.channels = connection.channels(aio)
+        self._stubs = itertools.cycle([pb_grpc.CamServeStub(channel) for channel in self.channels])
+
+    @property
+    def stub(self) -> pb_grpc.CamServeStub:
+        """The next connection's stub: calls take the connections in turn."""
+        return next(self._stubs)
 
     def _options(self, options: dict) -> pb.ExplainRequest:
         return request_options(**{**options, "model": options.get("model") or self.model})
@@ -72,7 +80,8 @@ class Client(_Base):
     messages up to max_message_mb are replayed), retry_overloaded (also retry
     RESOURCE_EXHAUSTED, with jittered backoff), health_check (gRPC client-side
     health checking: no new calls to a draining replica; default on),
-    max_message_mb.
+    max_message_mb, connections (per target, taken in turn: a server with
+    --workers gives each connection to one worker).
 
     Options of explain/explain_stream/explain_many: model, version, class_index (None: top-1),
     method ("gradcam", "gradcam++", "guided"), top_k, heatmap_type ("float32",
@@ -80,9 +89,7 @@ class Client(_Base):
     return_scores."""
 
     def __init__(self, target, *, model=None, timeout: float | None = 30.0, **connection):
-        super().__init__(Connection(target, **connection), model, timeout)
-        self.channel = self.connection.channel()
-        self.stub = pb_grpc.CamServeStub(self.channel)
+        super().__init__(Connection(target, **connection), model, timeout, aio=False)
 
     def explain(self, image, *, timeout: float | None = None, **options) -> Explanation:
         response = self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
@@ -140,7 +147,8 @@ class Client(_Base):
         return self.stub.GetModel(pb.GetModelRequest(model=name, version=version), timeout=self.timeout, metadata=self.metadata)
 
     def close(self):
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def __enter__(self):
         return self
@@ -153,9 +161,7 @@ class AsyncClient(_Base):
     """The asyncio twin of Client: the same methods, awaited."""
 
     def __init__(self, target, *, model=None, timeout: float | None = 30.0, **connection):
-        super().__init__(Connection(target, **connection), model, timeout)
-        self.channel = self.connection.aio_channel()
-        self.stub = pb_grpc.CamServeStub(self.channel)
+        super().__init__(Connection(target, **connection), model, timeout, aio=True)
 
     async def explain(self, image, *, timeout: float | None = None, **options) -> Explanation:
         response = await self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
@@ -207,7 +213,8 @@ class AsyncClient(_Base):
         return await self.stub.GetModel(pb.GetModelRequest(model=name, version=version), timeout=self.timeout, metadata=self.metadata)
 
     async def close(self):
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
     async def __aenter__(self):
         return self

@@ -37,6 +37,9 @@ class Connection:
     retry_overloaded: bool = False  # also retry RESOURCE_EXHAUSTED, with backoff
     health_check: bool = True  # gRPC client-side health checking of each replica
     max_message_mb: float = 64
+    # Connections per target: a server running --workers gives each connection to one
+    # worker, so one client reaches several workers only through several connections.
+    connections: int = 1
 
     @property
     def secure(self) -> bool:
@@ -73,6 +76,8 @@ class Connection:
                 }
             ]
         return [
+            # Channels share connections to the same address unless each has its own pool.
+            ("grpc.use_local_subchannel_pool", 1 if self.connections > 1 else 0),
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.enable_retries", 1 if self.retries else 0),
@@ -87,6 +92,11 @@ class Connection:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def channels(self, aio: bool) -> list:
+        if self.connections < 1:
+            raise ValueError(f"connections must be at least 1, got {self.connections}")
+        return [self.aio_channel() if aio else self.channel() for _ in range(self.connections)]
 
     def channel(self) -> grpc.Channel:
         if self.secure:
@@ -106,6 +116,9 @@ def add_arguments(parser):
     parser.add_argument("--cert", type=Path, help="client certificate, for mutual TLS")
     parser.add_argument("--key", type=Path, help="client private key, for mutual TLS")
     parser.add_argument("--token-file", type=Path, help="bearer token file (default: $CAMSERVE_TOKEN)")
+    parser.add_argument(
+        "--connections", type=int, default=1, help="connections per server, used in turn (a server's --workers each take whole connections)"
+    )
 
 
 def from_arguments(args) -> dict:
@@ -113,4 +126,4 @@ def from_arguments(args) -> dict:
     import os
 
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("CAMSERVE_TOKEN")
-    return {"tls": args.tls, "ca": args.ca, "cert": args.cert, "key": args.key, "token": token or None}
+    return {"tls": args.tls, "ca": args.ca, "cert": args.cert, "key": args.key, "token": token or None, "connections": args.connections}

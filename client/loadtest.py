@@ -15,6 +15,7 @@ for, as a success or an error by status code.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 from collections import Counter
@@ -100,9 +101,9 @@ class kserve_sender:  # noqa: N801
 
         self.kpb = kpb
         link = Connection(target, retries=0, **connection)
-        self.channel = link.aio_channel()
+        self.channels = link.channels(aio=True)
         self.metadata = link.metadata()
-        self.stub = kpb_grpc.GRPCInferenceServiceStub(self.channel)
+        self._stubs = itertools.cycle([kpb_grpc.GRPCInferenceServiceStub(channel) for channel in self.channels])
         self.model, self.timeout, self.images_per_call = model, timeout, images_per_call
 
     def _request(self, image):
@@ -119,20 +120,21 @@ class kserve_sender:  # noqa: N801
         return request
 
     async def send(self, image):
-        await self.stub.ModelInfer(self._request(image), timeout=self.timeout, metadata=self.metadata)
+        await next(self._stubs).ModelInfer(self._request(image), timeout=self.timeout, metadata=self.metadata)
         return None
 
     async def batch_counts(self):
         """(images run, batches run) from the model's statistics: KServe responses do not say."""
         request = self.kpb.ModelStatisticsRequest(name=self.model)
-        stats = await self.stub.ModelStatistics(request, timeout=self.timeout, metadata=self.metadata)
+        stats = await next(self._stubs).ModelStatistics(request, timeout=self.timeout, metadata=self.metadata)
         return stats.model_stats[0].inference_count, stats.model_stats[0].execution_count
 
     async def __aenter__(self):
         return self
 
     async def __aexit__(self, *exc):
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 class _Tally:

@@ -15,8 +15,6 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,15 +26,15 @@ from camserve.v1 import camserve_pb2, camserve_pb2_grpc
 
 from . import cpus, phase
 from .device import configure_threads, select_device
-from .handler import Handler, Limits
+from .handler import Handler
 from .kserve import KServeService
 from .logs import configure_logging
 from .metrics import Metrics
-from .security import SecurityOptions
 from .lifecycle import ModelManager
-from .model_config import ModelConfig
 from .models import Registry
+from .options import ServerOptions
 from .service import CamServeService
+from .workers import Link
 
 log = logging.getLogger("camserve.server")
 
@@ -45,35 +43,12 @@ SERVICE_NAME = camserve_pb2.DESCRIPTOR.services_by_name["CamServe"].full_name
 KSERVE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
-@dataclass
-class ServerOptions:
-    repo: Path
-    models: list[str] | None = None
-    model_defaults: ModelConfig = field(default_factory=ModelConfig)  # what a model's config.json may override
-    security: SecurityOptions = field(default_factory=SecurityOptions)
-    poll_seconds: float = 5.0  # how often the repository is checked for versions; 0: never
-    host: str = "0.0.0.0"
-    port: int = 8500
-    metrics_port: int = 8501  # 0: no metrics endpoint
-    metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from outside the pod
-    limits: Limits = field(default_factory=Limits)
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_concurrent_rpcs: int = 1000  # beyond: RESOURCE_EXHAUSTED from gRPC before any work
-    # Connections are closed (after a grace) this often, so clients re-resolve and new replicas get traffic.
-    max_connection_age: float = 300.0
-    max_connection_age_grace: float = 30.0
-    # Thread counts; 0: the CPUs this process may use (affinity and cgroup quota, not the node's cores).
-    decode_threads: int = 0
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    shutdown_delay: float = 1.0  # keep answering after SIGTERM so balancers see NOT_SERVING
-    drain_timeout: float = 30.0
-
-
 class Server:
-    def __init__(self, options: ServerOptions):
+    def __init__(self, options: ServerOptions, link: Link | None = None):
+        """`link`: this server is one of several workers on one port (workers.py)."""
         self.options = options
-        self.metrics = Metrics()
+        self.link = link
+        self.metrics = Metrics(worker=str(link.index) if link else "0")
         self.registry = Registry()
         self.health = health_aio.HealthServicer()
         self.cpus = cpus.available()
@@ -89,6 +64,8 @@ class Server:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_connection_age_ms", int(options.max_connection_age * 1e3)),
                 ("grpc.max_connection_age_grace_ms", int(options.max_connection_age_grace * 1e3)),
+                # Workers share their port; a lone server must not share it with a stray one.
+                ("grpc.so_reuseport", 1 if link else 0),
             ],
         )
         camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.handler), self.grpc)
@@ -110,45 +87,68 @@ class Server:
             await self.health.set(service, serving if self.registry.ready else not_serving)
 
     def _on_crash(self, err: BaseException):
-        """A batcher died: this process cannot serve that model any more; let probes restart it."""
+        """A batcher died: this process cannot serve that model any more; let probes
+        restart it, or, for a worker, the supervisor."""
         self.registry.crashed = err
         asyncio.get_running_loop().create_task(self._publish_health())
+        if self.link:
+            self.stopping.set()
 
     def _on_signal(self, signum):
         log.info("received %s: draining", signal.Signals(signum).name)
         self.stopping.set()
 
-    async def run(self) -> int:
+    async def _listen(self):
         opts = self.options
-        await self._enter(phase.STARTING)
         address = f"{opts.host}:{opts.port}"
         credentials = opts.security.credentials()
         bound = self.grpc.add_secure_port(address, credentials) if credentials else self.grpc.add_insecure_port(address)
         if not bound:
             raise OSError(f"cannot listen on {address}")
         await self.grpc.start()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        if opts.metrics_port:
-            self.metrics.serve(opts.metrics_port, opts.metrics_host)
+        self.listening = True
         security = ("mutual TLS" if opts.security.client_ca else "TLS") if credentials else "plaintext"
         auth = "bearer token" if opts.security.token else "no authentication"
         metrics = f"{opts.metrics_host}:{opts.metrics_port}" if opts.metrics_port else "off"
-        log.info("listening on %s (%s, %s; metrics on %s); NOT_SERVING until warm-up ends", address, security, auth, metrics)
+        log.info("listening on %s (%s, %s; metrics on %s)", address, security, auth, metrics)
+
+    async def _start(self):
+        """Load and warm up every model. A lone server listens from the start, so
+        probes see it warming up; a worker opens the shared port once every worker
+        is warm (workers.py)."""
+        await self.manager.sync()  # an unreadable repository stops the server here
+        if not self.registry.all():
+            raise RuntimeError(f"no model in {self.options.repo} could be loaded; see the log lines above")
+        if self.link:
+            if not await self.link.warm():
+                log.warning("the supervisor has gone: stopping")
+                self.stopping.set()
+                return
+            await self._listen()
+            asyncio.create_task(self.link.closed()).add_done_callback(lambda _: self.stopping.set())
+
+    async def run(self) -> int:
+        opts = self.options
+        await self._enter(phase.STARTING)
+        self.listening = False
+        if not self.link:
+            await self._listen()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        if opts.metrics_port and not self.link:  # workers' metrics are served by their supervisor
+            self.metrics.serve(opts.metrics_port, opts.metrics_host)
 
         threads = configure_threads(opts.intra_op_threads or self.cpus, opts.inter_op_threads or self.cpus)
         log.info("%d CPU(s) usable; %d decode threads; TensorFlow %s", self.cpus, self.decoders._max_workers, threads)
         self.manager = ModelManager(opts.repo, opts.models, opts.model_defaults, self.registry, select_device(), self.metrics)
         self.manager.on_crash = self._on_crash
-        loader = asyncio.create_task(self.manager.sync())
+        loader = asyncio.create_task(self._start())
         stop = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({loader, stop}, return_when=asyncio.FIRST_COMPLETED)
         watcher = None
         if loader.done() and not self.stopping.is_set():
-            loader.result()  # an unreadable repository stops the server here
-            if not self.registry.all():
-                raise RuntimeError(f"no model in {opts.repo} could be loaded; see the log lines above")
+            loader.result()
             if opts.poll_seconds:
                 watcher = asyncio.create_task(self.manager.watch(opts.poll_seconds))
             await self._enter(phase.SERVING)
@@ -156,7 +156,7 @@ class Server:
             log.info("SERVING %s", served)
             await self.stopping.wait()
         await self._drain(loader, watcher)
-        return 0
+        return 3 if self.registry.crashed and self.link else 0
 
     async def _drain(self, *tasks: asyncio.Task | None):
         await self._enter(phase.DRAINING)
@@ -170,17 +170,18 @@ class Server:
         started = time.monotonic()
         if not await self.handler.wait_idle(self.options.drain_timeout):
             log.warning("drain timeout: %d call(s) still in flight are cut off", self.handler.in_flight)
-        await self.grpc.stop(grace=max(0.0, self.options.drain_timeout - (time.monotonic() - started)))
+        if self.listening:
+            await self.grpc.stop(grace=max(0.0, self.options.drain_timeout - (time.monotonic() - started)))
         await self.manager.close()
         self.decoders.shutdown(wait=False)
         log.info("stopped")
 
 
-def serve(options: ServerOptions) -> int:
-    configure_logging()
+def serve(options: ServerOptions, link: Link | None = None) -> int:
+    configure_logging(worker=link.index if link else None)
 
     async def main():
         # grpc.aio binds its server to the running loop: create it inside.
-        return await Server(options).run()
+        return await Server(options, link).run()
 
     return asyncio.run(main())

@@ -46,6 +46,10 @@ def add_parser(subparsers):
     p.add_argument("--max-concurrent-rpcs", type=_at_least(1), default=1000, help="calls (streams count once) before RESOURCE_EXHAUSTED")
     p.add_argument("--max-connection-age", type=_at_least(1, float), default=300.0, help="seconds before a connection is closed so clients re-resolve")
     p.add_argument("--max-connection-age-grace", type=_at_least(0, float), default=30.0, help="seconds a closing connection's calls get to finish")
+    p.add_argument(
+        "--workers", type=_at_least(1), default=1,
+        help="server processes sharing the port, each with its own copy of the models (the request path on N cores)",
+    )
     p.add_argument("--batches-in-flight", type=_at_least(0), default=0, help="batches on the device at once (default: 2 on a GPU, 1 on a CPU)")
     p.add_argument("--decode-threads", type=_at_least(0), default=0, help="decode/resize threads (default: the CPUs usable)")
     p.add_argument("--intra-op-threads", type=_at_least(0), default=0, help="TensorFlow intra-op threads (default: the CPUs usable)")
@@ -63,8 +67,8 @@ def run(args) -> int:
     import sys
 
     from .batcher import BatchingOptions
-    from .handler import Limits
     from .model_config import ModelConfig, VersionPolicy
+    from .options import Limits, ServerOptions
     from .security import SecurityOptions
 
     batching = BatchingOptions(
@@ -74,14 +78,14 @@ def run(args) -> int:
         allowed_batch_sizes=tuple(args.allowed_batch_sizes or ()),
     )
     try:
+        if args.workers > 1 and args.port == 0:
+            raise ValueError("--workers shares one port: give --port a number, not 0")
         batching.check()
         defaults = ModelConfig(batching, VersionPolicy(args.version_policy, tuple(args.versions)), batches_in_flight=args.batches_in_flight)
         security = SecurityOptions.from_args(args.tls_cert, args.tls_key, args.tls_client_ca, args.auth_token_file)
     except (ValueError, OSError) as err:
         print(f"camserve serve: error: {err}", file=sys.stderr)
         return 2
-    from .app import ServerOptions, serve  # the whole server: only once the flags are known good
-
     max_message_bytes = int(args.max_message_mb * 1024 * 1024)
     options = ServerOptions(
         repo=args.repo,
@@ -110,4 +114,10 @@ def run(args) -> int:
         shutdown_delay=args.shutdown_delay,
         drain_timeout=args.drain_timeout,
     )
+    if args.workers > 1:  # the supervisor never imports TensorFlow
+        from .workers import supervise
+
+        return supervise(options, args.workers)
+    from .app import serve  # the whole server: only once the flags are known good
+
     return serve(options)

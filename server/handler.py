@@ -20,16 +20,9 @@ from .batcher import Item, Result
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, invalid
 from .models import Registry, ServedModel
+from .options import Limits
 
 DEFAULT_TOP_K = 5
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_pixels: int = 40_000_000
-    stream_window: int = 32  # requests one stream may have in flight (`serve` defaults it to the max batch size)
-    background: int = colors.WHITE  # 0xRRGGBB under transparent pixels, unless the request sets its own
-    max_response_bytes: int = 64 * 1024 * 1024  # gRPC's send limit: larger answers are refused before queueing
 
 
 @dataclass

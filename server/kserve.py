@@ -29,8 +29,9 @@ from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, abort, invalid
-from .handler import Handler, Limits, check_targets, deadline, encoded_is_cheap, fit, raw_is_cheap
+from .handler import Handler, check_targets, deadline, encoded_is_cheap, fit, raw_is_cheap
 from .models import Registry, ServedModel
+from .options import Limits
 from .streams import completion_order
 from .tensors import decode_inputs, encode_output
 

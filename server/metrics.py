@@ -1,4 +1,6 @@
-"""Prometheus metrics, served over HTTP on their own port."""
+"""Prometheus metrics, served over HTTP on their own port. With --workers each
+worker writes its own (prometheus-client's multiprocess mode) and the
+supervisor serves their sum: gauges sum over the live workers."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -7,8 +9,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self, worker: str = "0"):
         self.registry = CollectorRegistry()
+        self.worker = worker
         self._children: dict = {}
         r = self.registry
         self.requests = Counter(
@@ -34,11 +37,16 @@ class Metrics:
         self.drops = Counter(
             "camserve_dropped_requests", "Requests dropped before running", ["model", "reason"], registry=r
         )
-        self.depth = Gauge("camserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
-        self.in_flight = Gauge("camserve_in_flight_requests", "Calls being handled, from arrival to response", registry=r)
-        self.version_states = Gauge(
-            "camserve_model_version_state", "1 for the state each model version is in", ["model", "version", "state"], registry=r
+        summed = "livesum"
+        self.depth = Gauge("camserve_queue_depth", "Requests waiting for a batch", ["model"], registry=r, multiprocess_mode=summed)
+        self.in_flight = Gauge(
+            "camserve_in_flight_requests", "Calls being handled, from arrival to response", registry=r, multiprocess_mode=summed
         )
+        self.version_states = Gauge(
+            "camserve_model_version_state", "Workers (1 without --workers) with each model version in each state",
+            ["model", "version", "state"], registry=r, multiprocess_mode=summed,
+        )
+        self.worker_calls = Counter("camserve_worker_calls", "Calls answered, by worker process (--workers)", ["worker"], registry=r)
 
     def serve(self, port: int, host: str = "127.0.0.1"):
         start_http_server(port, addr=host, registry=self.registry)
@@ -71,6 +79,7 @@ class Metrics:
         self._child(self.depth, model).set(depth)
 
     def finished(self, model: str, api: str, code: str, latency_s: float, queue_s: float | None):
+        self._child(self.worker_calls, self.worker).inc()
         self._child(self.requests, model, api, code).inc()
         self._child(self.latency, model, api).observe(latency_s)
         if queue_s is not None:

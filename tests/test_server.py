@@ -269,7 +269,7 @@ def test_model_metadata_and_reflection(client, server):
 
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channels[0])
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     services = {s.name for r in responses for s in r.list_services_response.service}
     assert {"camserve.v1.CamServe", "grpc.health.v1.Health"} <= services

@@ -1,0 +1,164 @@
+"""`camserve serve --workers 2`: two full servers on one port behind a supervisor.
+Load spreads over both, metrics are their sum, answers equal a lone server's,
+a killed worker is replaced while the other serves, new versions reach every
+worker, SIGTERM drains both, and no worker outlives its supervisor."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from camserve.client import Client
+from camserve.server.process import ServerProcess
+
+IMAGE = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+
+
+def workers_of(process: subprocess.Popen) -> list[int]:
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+@pytest.fixture(scope="module")
+def repo(server_repo, tmp_path_factory):
+    """A copy of `tiny` that tests may add versions to."""
+    copy = tmp_path_factory.mktemp("workers") / "repo"
+    shutil.copytree(server_repo, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def pair(repo, tmp_path_factory):
+    process = ServerProcess(
+        repo, tmp_path_factory.mktemp("logs") / "workers.log", "--workers", "2", "--max-batch-size", "4", "--poll-seconds", "0.5"
+    )
+    process.wait_for("SERVING")
+    yield process
+    process.terminate()
+
+
+def available(process, version="1") -> float:
+    return process.metric("camserve_model_version_state", model="tiny", version=version, state="AVAILABLE")
+
+
+def test_both_workers_answer_alike_and_their_metrics_add_up(pair, server):
+    assert len(workers_of(pair.process)) == 2
+    assert available(pair) == 2  # one AVAILABLE per worker
+    ok_before = pair.metric("camserve_requests_total", model="tiny", code="OK")
+    with Client(server.target, model="tiny") as lone:
+        want = lone.explain(IMAGE, return_scores=True)
+    # 16 connections taken in turn, each reaching one worker: all on one has odds 2**-15.
+    with Client(pair.target, model="tiny", connections=16) as client:
+        answers = [client.explain(IMAGE, return_scores=True) for _ in range(16)]
+    for got in answers:
+        np.testing.assert_allclose(got.heatmap, want.heatmap, atol=1e-6)
+        np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
+    per_worker = [pair.metric("camserve_worker_calls_total", worker=str(i)) for i in (0, 1)]
+    assert all(n > 0 for n in per_worker), f"16 connections should reach both workers: {per_worker}"
+    assert pair.metric("camserve_requests_total", model="tiny", code="OK") - ok_before == 16
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(pair):
+    victim = workers_of(pair.process)[0]
+    outcomes = []
+    with Client(pair.target, model="tiny", retries=4) as client:
+        client.explain(IMAGE)
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            try:
+                client.explain(IMAGE, timeout=10)
+                outcomes.append("OK")
+            except grpc.RpcError as err:
+                outcomes.append(err.code().name)
+            assert pair.health() == "SERVING"
+    assert outcomes and set(outcomes) == {"OK"}, outcomes
+    wait_until(lambda: len([p for p in workers_of(pair.process) if alive(p)]) == 2 and available(pair) == 2, what="a new worker")
+    assert victim not in workers_of(pair.process)
+
+
+def test_a_new_version_reaches_every_worker(pair, repo):
+    shutil.copytree(repo / "tiny" / "1", repo / "tiny" / "2")
+    wait_until(lambda: available(pair, "2") == 2, what="version 2 on both workers")
+    for _ in range(4):
+        with Client(pair.target, model="tiny") as client:
+            assert client.explain(IMAGE).version == 2
+
+
+def test_sigterm_drains_every_worker(pair):
+    workers = workers_of(pair.process)
+    outcomes = []
+
+    def caller():
+        with Client(pair.target, model="tiny", retries=0) as client:
+            for _ in range(30):
+                try:
+                    client.explain(IMAGE, timeout=20)
+                    outcomes.append("OK")
+                except grpc.RpcError as err:
+                    outcomes.append(err.code().name)
+                    return
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    pair.process.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    assert pair.process.wait(60) == 0
+    assert outcomes.count("OK") >= 4 and set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
+    assert not any(alive(pid) for pid in workers)
+
+
+def test_workers_do_not_outlive_their_supervisor(server_repo, tmp_path):
+    process = ServerProcess(server_repo, tmp_path / "orphans.log", "--workers", "2", "--max-batch-size", "1")
+    try:
+        process.wait_for("SERVING")
+        workers = workers_of(process.process)
+        process.process.kill()
+        wait_until(lambda: not any(alive(pid) for pid in workers), timeout=30, what="workers to exit")
+    finally:
+        process.terminate()
+
+
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path):
+    (tmp_path / "empty").mkdir()
+    process = ServerProcess(tmp_path / "empty", tmp_path / "empty.log", "--workers", "2")
+    try:
+        code = process.process.wait(120)
+    finally:
+        process.terminate()
+    assert code != 0
+    assert "could be loaded" in process.log.read_text()
+
+
+def test_workers_need_a_port_number(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "camserve", "serve", "--repo", str(tmp_path), "--workers", "2", "--port", "0"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "--workers shares one port" in result.stderr
