@@ -33,7 +33,8 @@ def bench_model(name: str, batches, rounds: int, min_seconds: float):
     src = source.load(src_name, weights, size)
     height, width = src.model.inputs[0].shape[1:3]
     target = graph.default_target(src.model)
-    explainer = Explainer(graph.split(src.model, target, strip_softmax=True), src.preprocess, 3)
+    head = graph.head(src.model)
+    explainer = Explainer(graph.split(src.model, target, head), src.preprocess, 3, head.kind)
     functions = {
         (kind, jit): tf.function(getattr(explainer, kind), jit_compile=jit)
         for kind in ("explain", "predict")

@@ -84,7 +84,7 @@ class Client(_Base):
     --workers gives each connection to one worker).
 
     Options of explain/explain_stream/explain_many: model, version, class_index (None: top-1),
-    method ("gradcam", "gradcam++", "guided"), top_k, heatmap_type ("float32",
+    method (a name the model's metadata lists: "gradcam", "gradcam++", ...), top_k, heatmap_type ("float32",
     "uint8"), original_size, resize ("stretch", "center_crop", "letterbox"),
     return_scores."""
 

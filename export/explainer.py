@@ -1,7 +1,7 @@
 """The computation behind the signatures: one forward pass, the gradient of each
 image's chosen logit (before any softmax or sigmoid; a binary head's negative
-class is -z) with respect to the target activations, every CAM method's map,
-and per image the one its `method` asks for.
+class is -z) with respect to the target activations, and per image the map its
+`method` asks for (only the methods a batch asks for are computed).
 
 Written once for any float dtype: the export compiles it in float32 under XLA,
 verification runs it eagerly in float64 as the reference.
@@ -12,6 +12,22 @@ import tensorflow as tf
 from . import heads
 from .methods import METHODS
 from .preprocess import preprocess
+
+
+def _maps(activations, gradients, method):
+    """Each image's map by its own method, computing only the methods the batch
+    asks for: each method's map sits in a conditional that runs when some image
+    wants it (XLA runs only the branch taken), so the cost of a batch does not
+    grow with the number of methods exported."""
+    raw = tf.zeros_like(activations[..., 0])
+    for code, each in enumerate(METHODS):
+        wanted = tf.equal(method, code)
+
+        def computed(each=each, wanted=wanted):
+            return tf.where(wanted[:, None, None], each.map(activations, gradients), tf.zeros_like(raw))
+
+        raw = raw + tf.cond(tf.reduce_any(wanted), computed, lambda: tf.zeros_like(raw))
+    return raw
 
 
 class Explainer:
@@ -51,9 +67,7 @@ class Explainer:
         activations = tf.cast(activations, self.dtype)
         gradients = tf.cast(gradients, self.dtype)
 
-        maps = tf.stack([m.map(activations, gradients) for m in METHODS], axis=1)
-        raw = tf.gather(maps, tf.clip_by_value(method, 0, len(METHODS) - 1), axis=1, batch_dims=1)
-        raw = raw * tf.cast(valid, self.dtype)[:, None, None]
+        raw = _maps(activations, gradients, method) * tf.cast(valid, self.dtype)[:, None, None]
         scale = tf.reduce_max(raw, axis=(1, 2))
         heatmap = tf.math.divide_no_nan(raw, scale[:, None, None])
 

@@ -45,14 +45,14 @@ def as_float64(model: keras.Model) -> keras.Model:
     return twin
 
 
-def sample_inputs(input_size, num_classes: int, count: int = 6, seed: int = 0):
+def sample_inputs(input_size, num_classes: int, count: int = len(METHODS), seed: int = 0):
     """Smooth random images (structured activations, unlike white noise) with
-    top-1 and explicit classes and every method."""
+    top-1 and explicit classes and, one an image, every method."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, size=(count, 8, 8, 3)).astype(np.float32)
     images = tf.image.resize(coarse, input_size).numpy()
     images = np.clip(images + rng.normal(0, 12, images.shape), 0, 255).astype(np.uint8)
-    class_index = np.array([-1, 0, num_classes - 1, -1, num_classes // 2, -1][:count], np.int32)
+    class_index = np.resize(np.array([-1, 0, num_classes - 1, -1, num_classes // 2, -1], np.int32), count)
     method = (np.arange(count) % len(METHODS)).astype(np.int32)
     return images, class_index, method
 

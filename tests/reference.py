@@ -5,7 +5,7 @@ and each method's weights from its formula in numpy."""
 import numpy as np
 import tensorflow as tf
 
-METHODS = ("gradcam", "gradcam++", "guided")
+METHODS = ("gradcam", "gradcam++", "guided", "hirescam", "gradcam-elementwise", "xgradcam", "layercam", "eigencam", "eigengradcam")
 EPSILON = 1e-7
 
 
@@ -19,7 +19,40 @@ def method_weights(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
         return (alpha * np.maximum(g, 0)).sum(axis=(0, 1))
     if name == "guided":
         return np.where((a > 0) & (g > 0), g, 0.0).mean(axis=(0, 1))
+    if name == "xgradcam":
+        return (g * a).sum(axis=(0, 1)) / (a.sum(axis=(0, 1)) + EPSILON)
     raise ValueError(name)
+
+
+def principal_projection(values: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """[h,w,K] centred over positions, projected on its first right singular
+    vector (numpy's SVD); the sign that correlates with the channel sum of a."""
+    h, w, k = values.shape
+    x = values.reshape(h * w, k)
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    projection = x @ vt[0]
+    total = a.sum(axis=-1).reshape(-1)
+    if np.dot(projection - projection.mean(), total - total.mean()) < 0:
+        projection = -projection
+    return projection.reshape(h, w)
+
+
+def method_map(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The map [h,w] before scaling, from activations and gradients [h,w,K]."""
+    if name == "hirescam":
+        cam = (g * a).sum(axis=-1)
+    elif name == "gradcam-elementwise":
+        cam = np.maximum(g * a, 0).sum(axis=-1)
+    elif name == "layercam":
+        cam = (np.maximum(g, 0) * a).sum(axis=-1)
+    elif name == "eigencam":
+        cam = principal_projection(a, a)
+    elif name == "eigengradcam":
+        cam = principal_projection(g * a, a)
+    else:
+        cam = a @ method_weights(name, a, g)
+    return np.maximum(cam, 0.0)
 
 
 LUMINANCE = np.array([0.2989, 0.5870, 0.1140])  # ITU-R 601, as tf.image.rgb_to_grayscale
@@ -40,7 +73,7 @@ def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, s
         score = logits[0, chosen]
     a = activations.numpy()[0]
     g = tape.gradient(score, activations).numpy()[0]
-    cam = np.maximum(a @ method_weights(method, a, g), 0.0)
+    cam = method_map(method, a, g)
     peak = cam.max()
     z = logits.numpy()[0]
     if test_model.head in ("sigmoid", "binary"):

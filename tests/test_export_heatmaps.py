@@ -45,6 +45,19 @@ def test_heatmaps_equal_float64_reference(exports, kind, method):
         assert_matches_reference(got, i, want)
 
 
+@pytest.mark.parametrize("kind", ["functional", "sequential", "nested_backbone_target", "wide", "gray"])
+def test_a_batch_where_every_image_asks_for_another_method_equals_the_reference(exports, kind):
+    """Only the methods a batch asks for are computed; each image still gets its own."""
+    _, saved, model32, model64 = exports.get(kind)
+    count = len(reference.METHODS)
+    images = reference.smooth_images(count, model32.size, seed=30)
+    classes = classes_to_explain(model32)
+    class_index = [classes[i % len(classes)] for i in range(count)]
+    got = run(saved, images, class_index, list(range(count)))
+    for i, name in enumerate(reference.METHODS):
+        assert_matches_reference(got, i, reference.explain_one(model64, images[i], class_index[i], name))
+
+
 @pytest.mark.parametrize("kind", ["functional", "softmax_layer", "nested"] + HEADS + SHAPES)
 def test_probabilities_equal_the_models_own_outputs(exports, kind):
     """The original Keras model (float32, not camserve's graph surgery) against the
@@ -88,14 +101,14 @@ def test_metadata_records_the_target_and_methods(exports):
 
 
 def test_batch_independence(exports):
-    """An image's outputs are the same alone and in a batch of 8 different images
-    with different classes and methods per image."""
+    """An image's outputs are the same alone and in a batch of 10 different images
+    with different classes and methods per image (every method, one twice)."""
     _, saved, _, _ = exports.get("nested")
-    images = reference.smooth_images(8, models.SIZE, seed=3)
-    class_index = [-1, 0, 1, 2, 3, 4, -1, 1]
-    method = [0, 1, 2, 0, 1, 2, 1, 0]
+    images = reference.smooth_images(10, models.SIZE, seed=3)
+    class_index = [-1, 0, 1, 2, 3, 4, -1, 1, 2, -1]
+    method = [*range(len(reference.METHODS)), 0]
     batch = run(saved, images, class_index, method)
-    for i in range(8):
+    for i in range(10):
         alone = run(saved, images[i : i + 1], class_index[i : i + 1], method[i : i + 1])
         for name, value in alone.items():
             np.testing.assert_allclose(batch[name][i], value[0], rtol=1e-5, atol=1e-6, err_msg=f"{name} of image {i}")
@@ -149,7 +162,7 @@ def test_gap_dense_gradcam_is_proportional_to_classic_cam(exports):
 def test_invalid_class_or_method_is_flagged_not_guessed(exports):
     _, saved, _, _ = exports.get("functional")
     images = reference.smooth_images(4, models.SIZE, seed=7)
-    got = run(saved, images, [models.CLASSES, -2, 0, 0], [0, 0, 3, -1])
+    got = run(saved, images, [models.CLASSES, -2, 0, 0], [0, 0, len(reference.METHODS), -1])
     assert list(got["class_index"]) == [-1, -1, -1, -1]
     assert np.all(got["heatmap"] == 0.0)
     assert np.isfinite(got["logits"]).all()

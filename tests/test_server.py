@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from camserve.client import AsyncClient, Client
+from camserve.export.methods import NAMES as METHOD_NAMES
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from tests import models, reference
@@ -55,12 +56,13 @@ def assert_same(result, want, i=0):
 def test_server_equals_in_process_savedmodel(client, in_process, kind):
     images = reference.smooth_images(3, SIZE, seed=20)
     for i, image in enumerate(images):
-        for class_index, method in ((None, 0), (3, 1), (0, 2)):
+        for method, name in enumerate(METHOD_NAMES):
+            class_index = (None, 3, 0)[(i + method) % 3]
             sent = png(image) if kind == "encoded" else image
-            result = client.explain(sent, class_index=class_index, method=("gradcam", "gradcam++", "guided")[method], return_scores=True)
+            result = client.explain(sent, class_index=class_index, method=name, return_scores=True)
             want = local(in_process, image[None], -1 if class_index is None else class_index, method)
             assert_same(result, want)
-            assert result.method == ("gradcam", "gradcam++", "guided")[method]
+            assert result.method == name
 
 
 def test_larger_images_are_resized_like_opencv_area(client, in_process):
@@ -261,7 +263,7 @@ def test_stream_errors_do_not_break_the_stream(client):
 def test_model_metadata_and_reflection(client, server):
     info = client.get_model("tiny")
     assert (info.input_height, info.input_width, info.num_classes) == (SIZE, SIZE, models.CLASSES)
-    assert list(info.methods) == ["gradcam", "gradcam++", "guided"] and info.device.endswith("CPU:0")
+    assert list(info.methods) == list(METHOD_NAMES) and info.device.endswith("CPU:0")
     assert list(info.batch_sizes) == [1, 2, 4, 8] and info.state == "AVAILABLE" and info.head == "softmax"
     with pytest.raises(grpc.RpcError) as err:
         client.get_model("nope")

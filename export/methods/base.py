@@ -1,6 +1,8 @@
-"""The shared shape of a CAM method: map = ReLU(sum_k w_k A_k) with per-image,
-per-channel weights w. A method only says how its weights come from the target
-activations A and the gradients g = d(logit_c)/dA, both [N,h,w,K]."""
+"""The shared shape of a CAM method: from the target activations A and the
+gradients g = d(logit_c)/dA, both [N,h,w,K], a non-negative map [N,h,w] per
+image that never mixes images. Most methods are ReLU(sum_k w_k A_k) with
+per-channel weights w and say only how w comes from A and g; the others
+override map()."""
 
 import tensorflow as tf
 
@@ -9,7 +11,7 @@ class CamMethod:
     name: str = ""
 
     def weights(self, activations, gradients):
-        """Per-image, per-channel weights [N,K]; never mixes images."""
+        """Per-image, per-channel weights [N,K]."""
         raise NotImplementedError
 
     def map(self, activations, gradients):

@@ -1,5 +1,9 @@
-"""Guided gradients (the variant in the second seed): gradients are kept only
-where both the activation and the gradient are positive, then averaged spatially."""
+"""Grad-CAM with guided-gradient weights (the variant in the second seed):
+gradients are kept only where both the activation and the gradient are
+positive, then averaged spatially into channel weights. This is not Guided
+Grad-CAM (Selvaraju et al.), which multiplies a map by guided backpropagation at
+pixel resolution; the name `guided` stays for the exports and clients that use
+it, and the README says what it computes."""
 
 import tensorflow as tf
 

@@ -1,0 +1,99 @@
+"""What each CAM method costs: the exported SavedModel's `explain` with every
+image of the batch asking for one method, against its `predict`, in-process.
+A batch computes only the methods its images ask for, so any one-pass method
+should cost about what Grad-CAM costs, however many methods are exported; the
+`mixed` row has every method in one batch (what every batch cost when all maps
+were computed). Prints a table and writes results/methods.json.
+
+    python benchmarks/methods.py [--models demo resnet50] [--batches 1 8 32]
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import best_of_rounds  # noqa: E402
+from workload import exported, random_images  # noqa: E402
+
+from camserve.export.methods import NAMES  # noqa: E402
+
+SOURCES = {"demo": ("demo", "imagenet", None), "resnet50": ("resnet50", "none", (224, 224))}
+
+
+def bench_model(name: str, batches, rounds: int, min_seconds: float) -> list[dict]:
+    source, weights, size = SOURCES[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        version = exported(source, Path(tmp) / "repo", name, weights, size)
+        saved = tf.saved_model.load(str(version))
+        explain, predict = saved.signatures["explain"], saved.signatures["predict"]
+        rows = []
+        for batch in batches:
+            images = tf.constant(np.stack(random_images(version, batch)))
+            top1 = tf.fill([batch], -1)
+            configs = {"predict": lambda: predict(images=images)["logits"].numpy()}
+            for code, method in enumerate(NAMES):
+                codes = tf.fill([batch], code)
+                configs[method] = lambda codes=codes: explain(images=images, class_index=top1, method=codes)["heatmap"].numpy()
+            if batch >= len(NAMES):
+                mixed = tf.constant(np.arange(batch) % len(NAMES), tf.int32)
+                configs["mixed"] = lambda: explain(images=images, class_index=top1, method=mixed)["heatmap"].numpy()
+            started = time.perf_counter()
+            result = best_of_rounds(configs, batch, rounds, min_seconds)
+            for config, rate in result.items():
+                rows.append({
+                    "model": name, "batch": batch, "function": config, "images_per_s": round(rate, 2),
+                    "vs_predict": round(rate / result["predict"], 3),
+                })
+            print(f"  {name} batch {batch}: measured in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+        return rows
+
+
+def table(rows) -> str:
+    """One line per model and function, explain/predict per batch size."""
+    batches = sorted({r["batch"] for r in rows})
+    lines = ["| model | function | " + " | ".join(f"batch {b}: images/s (x predict)" for b in batches) + " |"]
+    lines.append("|" + "---|" * (2 + len(batches)))
+    keys = dict.fromkeys((r["model"], r["function"]) for r in rows)
+    cells = {(r["model"], r["function"], r["batch"]): r for r in rows}
+    for model, function in keys:
+        values = [cells.get((model, function, b)) for b in batches]
+        text = [f"{v['images_per_s']} ({v['vs_predict']})" if v else "" for v in values]
+        lines.append(f"| {model} | {function} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=1.5, help="minimum seconds per measurement")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "methods.json"))
+    args = parser.parse_args()
+    rows = [row for name in args.models for row in bench_model(name, args.batches, args.rounds, args.seconds)]
+    print(table(rows))
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "tensorflow": tf.__version__,
+        "unit": "images/s",
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

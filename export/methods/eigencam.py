@@ -1,0 +1,66 @@
+"""Eigen-CAM (Muhammad and Yeasin 2020) and EigenGrad-CAM: the [h*w, K] matrix
+(activations, or g * A), centred over positions, projected on its first
+principal direction. Eigen-CAM uses no gradient and so does not depend on the
+class.
+
+The principal direction is the top eigenvector of the smaller Gram matrix
+(X X^T when h*w <= K, else X^T X), found by squaring the matrix SQUARINGS times
+(a power iteration of 2^16 steps in 16 matmuls) rather than by tf.linalg.eigh:
+XLA's CPU eigh took 133 ms for 32 64x64 matrices where this takes about 5 ms,
+and it agrees with a float64 SVD to 1e-7 even at an eigenvalue ratio of 0.998.
+The projection's sign, arbitrary in an eigenvector, is chosen so the map correlates
+positively with the activations' channel sum. As every camserve map, the result
+is ReLU'd and scaled by its maximum (pytorch-grad-cam min-max scales it instead)."""
+
+import tensorflow as tf
+
+from .base import CamMethod
+
+SQUARINGS = 16
+
+
+def top_eigenvector(gram):
+    """Unit top eigenvector of each symmetric PSD [N,m,m] matrix: G^(2^16) is
+    nearly rank one, u u^T scaled, so its largest column is parallel to u (and,
+    being the largest, never zero unless G is)."""
+    for _ in range(SQUARINGS):
+        gram = tf.math.divide_no_nan(gram, tf.reduce_max(tf.abs(gram), axis=(-2, -1), keepdims=True))
+        gram = tf.matmul(gram, gram)
+    column = tf.gather(gram, tf.argmax(tf.norm(gram, axis=-2), axis=-1), axis=-1, batch_dims=1)
+    return tf.math.divide_no_nan(column, tf.norm(column, axis=-1, keepdims=True))
+
+
+def principal_projection(values, activations):
+    """values, activations [N,h,w,K] -> the map [N,h,w] before the ReLU."""
+    n, h, w, k = values.shape[0], values.shape[1], values.shape[2], values.shape[3]
+    batch = tf.shape(values)[0] if n is None else n
+    x = tf.reshape(values, [batch, h * w, k])
+    x = x - tf.reduce_mean(x, axis=1, keepdims=True)
+    if h * w <= k:
+        direction = tf.linalg.matvec(x, top_eigenvector(tf.matmul(x, x, transpose_b=True)), transpose_a=True)  # X^T u: the right singular vector, unnormalised
+        direction = tf.math.divide_no_nan(direction, tf.norm(direction, axis=-1, keepdims=True))
+    else:
+        direction = top_eigenvector(tf.matmul(x, x, transpose_a=True))
+    projection = tf.linalg.matvec(x, direction)
+    total = tf.reshape(tf.reduce_sum(activations, axis=-1), [batch, h * w])
+    agreement = tf.reduce_sum(
+        (projection - tf.reduce_mean(projection, axis=-1, keepdims=True)) * (total - tf.reduce_mean(total, axis=-1, keepdims=True)),
+        axis=-1,
+        keepdims=True,
+    )
+    projection = tf.where(agreement < 0, -projection, projection)
+    return tf.reshape(projection, [batch, h, w])
+
+
+class EigenCam(CamMethod):
+    name = "eigencam"
+
+    def map(self, activations, gradients):
+        return tf.nn.relu(principal_projection(activations, activations))
+
+
+class EigenGradCam(CamMethod):
+    name = "eigengradcam"
+
+    def map(self, activations, gradients):
+        return tf.nn.relu(principal_projection(gradients * activations, activations))
