@@ -11,7 +11,7 @@ from camserve import colors
 from . import connection
 from .client import WINDOW
 
-COLUMNS = ("path", "class", "label", "probability", "heatmap_file", "error")
+COLUMNS = ("path", "class", "label", "probability", "heatmap_file", "box", "error")
 
 
 def add_parser(subparsers):
@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--target", default="localhost:8500", help="server address HOST:PORT")
     p.add_argument("--out", required=True, type=Path, help="folder for the overlay PNGs and results.csv")
     p.add_argument("--model", help="model name (default: the server's only model)")
-    p.add_argument("--method", help="gradcam, gradcam++ or guided (default: the model's default method)")
+    p.add_argument("--method", help="a CAM method the model offers: gradcam, gradcam++, hirescam, ... (default: the model's default method)")
     p.add_argument("--class-index", type=int, help="class to explain (default: top-1)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--resize", default="stretch", choices=["stretch", "center_crop", "letterbox"])
@@ -29,6 +29,10 @@ def add_parser(subparsers):
     p.add_argument(
         "--background", type=colors.rgb, default="FFFFFF", metavar="RRGGBB",
         help="hex colour under transparent pixels, on the server and in the overlays (default: white)",
+    )
+    p.add_argument(
+        "--box", type=float, nargs="?", const=0.15, metavar="THRESHOLD",
+        help="draw the box around the largest region above THRESHOLD x the map's maximum (default 0.15) and list it in results.csv",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds each image may take on the server")
     p.add_argument("--window", type=int, default=WINDOW, help="images sent ahead of their answers")
@@ -40,16 +44,21 @@ def _line(result) -> str:
     return ", ".join(f"{p.label or p.index} {p.probability:.3f}" for p in result.top_k)
 
 
-def _write_overlay(path: Path, result, target: Path, args) -> str:
-    """The heatmap drawn over the image as read here; an error message if that fails."""
+def _write_overlay(path: Path, result, target: Path, box, args) -> str:
+    """The heatmap (and box) drawn over the image as read here; an error message if that fails."""
     import cv2
 
     from camserve.images import read_rgb
 
+    from . import boxes
+
     try:
         image = read_rgb(path, args.background)  # upright and composited, as the server explained it
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(target), cv2.cvtColor(result.overlay(image, args.colormap, args.alpha), cv2.COLOR_RGB2BGR)):
+        picture = result.overlay(image, args.colormap, args.alpha)
+        if box is not None:
+            picture = boxes.draw(picture, box)
+        if not cv2.imwrite(str(target), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
             raise OSError(f"cannot write {target}")
     except (cv2.error, OSError, ValueError) as err:
         return f"OVERLAY: {err}"
@@ -60,10 +69,12 @@ def _row(path: Path, result, output: Path, args) -> list:
     """The image's results.csv row, its overlay written (to `output`_<method>.png);
     the last column is the error."""
     if result.error:
-        return [path, "", "", "", "", f"{result.error[0]}: {result.error[1]}"]
+        return [path, "", "", "", "", "", f"{result.error[0]}: {result.error[1]}"]
     target = output.with_name(f"{output.name}_{result.method.replace('+', 'p')}.png")
-    error = _write_overlay(path, result, target, args)
-    return [path, result.class_index, result.label, f"{result.probability:.6f}", "" if error else target, error]
+    box = result.box(args.box) if args.box is not None else None
+    error = _write_overlay(path, result, target, box, args)
+    where = f"{box.x0} {box.y0} {box.x1} {box.y1}" if box else ""
+    return [path, result.class_index, result.label, f"{result.probability:.6f}", "" if error else target, where, error]
 
 
 def run(args) -> int:
@@ -83,6 +94,8 @@ def run(args) -> int:
         return 2
     try:
         colormap(args.colormap)
+        if args.box is not None and not 0.0 < args.box <= 1.0:
+            raise ValueError(f"--box takes a fraction of the map's maximum in (0, 1], not {args.box}")
     except ValueError as err:
         print(f"camserve explain: {err}", file=sys.stderr)
         return 2
@@ -125,7 +138,7 @@ def run(args) -> int:
         with open(results, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
-            writer.writerows(row or [path, "", "", "", "", unanswered] for path, row in zip(files, rows))
+            writer.writerows(row or [path, "", "", "", "", "", unanswered] for path, row in zip(files, rows))
     answered = sum(row is not None for row in rows)
     elapsed = time.monotonic() - started
     print(

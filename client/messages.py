@@ -13,6 +13,7 @@ import numpy as np
 from camserve import colors, geometry, images
 from camserve.v1 import camserve_pb2 as pb
 
+from . import boxes
 from . import overlay as drawing
 
 RESIZE_MODES = {"stretch": pb.RESIZE_STRETCH, "center_crop": pb.RESIZE_CENTER_CROP, "letterbox": pb.RESIZE_LETTERBOX}
@@ -116,6 +117,12 @@ class Explanation:
         """The map over an image of width x height showing what was sent."""
         sx, sy = width / self.image_size[1], height / self.image_size[0]
         return geometry.heatmap_to_image(self.heatmap, self.region.scaled(sx, sy), width, height)
+
+    def box(self, threshold: float = boxes.THRESHOLD) -> boxes.Box | None:
+        """Where the map says the object is, on the image as sent: the box around
+        the largest connected region above `threshold` x the map's maximum (the
+        Grad-CAM paper's localisation); None when the map is all zero."""
+        return boxes.largest_region(self.heatmap_at(self.image_size[1], self.image_size[0]), threshold)
 
     def overlay(self, image, colormap: str = "jet", alpha: float = 0.4, background=colors.WHITE) -> np.ndarray:
         """RGB uint8 image with the heatmap blended over it; `image` is gray or
