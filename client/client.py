@@ -85,7 +85,7 @@ class Client(_Base):
 
     Options of explain/explain_stream/explain_many: model, version, class_index (None: top-1),
     method (a name the model's metadata lists: "gradcam", "gradcam++", ...), top_k, heatmap_type ("float32",
-    "uint8"), original_size, resize ("stretch", "center_crop", "letterbox"),
+    "uint8", "none": no heatmap, at the cost of a prediction), original_size, resize ("stretch", "center_crop", "letterbox"),
     return_scores."""
 
     def __init__(self, target, *, model=None, timeout: float | None = 30.0, **connection):
@@ -94,6 +94,11 @@ class Client(_Base):
     def explain(self, image, *, timeout: float | None = None, **options) -> Explanation:
         response = self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
         return explanation(response)
+
+    def predict(self, image, **options) -> Explanation:
+        """The prediction alone (heatmap None, method ""): the server runs the
+        model's predict signature, at the cost of a plain prediction."""
+        return self.explain(image, heatmap_type="none", **options)
 
     def explain_stream(
         self, images: Iterable, *, timeout: float | None = None, window: int = WINDOW, **options
@@ -166,6 +171,9 @@ class AsyncClient(_Base):
     async def explain(self, image, *, timeout: float | None = None, **options) -> Explanation:
         response = await self.stub.Explain(self._request(image, **options), timeout=timeout or self.timeout, metadata=self.metadata)
         return explanation(response)
+
+    async def predict(self, image, **options) -> Explanation:
+        return await self.explain(image, heatmap_type="none", **options)
 
     async def explain_stream(
         self, images: Iterable, *, timeout: float | None = None, window: int = WINDOW, **options

@@ -66,16 +66,20 @@ Send = Callable[[object], Awaitable[int | None]]
 
 class native_sender:  # noqa: N801 - used like a function, as an async context manager
     """Sends through camserve's native Explain, or with images_per_call > 1 the
-    image that many times in one ExplainMany call."""
+    image that many times in one ExplainMany call; predict_only asks for no heatmap."""
 
-    def __init__(self, target, model: str | None = None, timeout: float = 30.0, method="gradcam", images_per_call=1, **connection):
+    def __init__(
+        self, target, model: str | None = None, timeout: float = 30.0, method="gradcam", images_per_call=1,
+        predict_only=False, **connection,
+    ):
         self.client = AsyncClient(target, model=model, timeout=timeout, retries=0, **connection)
-        self.method, self.images_per_call = method, images_per_call
+        self.images_per_call = images_per_call
+        self.options = {"heatmap_type": "none"} if predict_only else {"method": method}
 
     async def send(self, image):
         if self.images_per_call == 1:
-            return (await self.client.explain(image, method=self.method)).batch_size
-        results = await self.client.explain_many([image] * self.images_per_call, per_call=self.images_per_call, method=self.method)
+            return (await self.client.explain(image, **self.options)).batch_size
+        results = await self.client.explain_many([image] * self.images_per_call, per_call=self.images_per_call, **self.options)
         failed = next((r for r in results if r.error), None)
         if failed:
             raise RuntimeError(f"{failed.error[0]}: {failed.error[1]}")
@@ -93,9 +97,11 @@ class native_sender:  # noqa: N801 - used like a function, as an async context m
 
 class kserve_sender:  # noqa: N801
     """Sends through KServe v2 ModelInfer: raw pixels as `images`, encoded bytes as
-    `image_bytes`; only `class_index` is asked back, to keep the response small."""
+    `image_bytes`. Only `class_index` and `heatmap_scale` are asked back, to keep the
+    response small while the map is computed; predict_only asks for `class_index`
+    alone, which the server answers from the predict signature."""
 
-    def __init__(self, target, model: str, timeout: float = 30.0, images_per_call=1, **connection):
+    def __init__(self, target, model: str, timeout: float = 30.0, images_per_call=1, predict_only=False, **connection):
         from camserve.kserve import grpc_predict_v2_pb2 as kpb
         from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
@@ -105,6 +111,7 @@ class kserve_sender:  # noqa: N801
         self.metadata = link.metadata()
         self._stubs = itertools.cycle([kpb_grpc.GRPCInferenceServiceStub(channel) for channel in self.channels])
         self.model, self.timeout, self.images_per_call = model, timeout, images_per_call
+        self.outputs = ("class_index",) if predict_only else ("class_index", "heatmap_scale")
 
     def _request(self, image):
         n = self.images_per_call
@@ -116,7 +123,8 @@ class kserve_sender:  # noqa: N801
             image = np.ascontiguousarray(image, np.uint8)
             request.inputs.add(name="images", datatype="UINT8", shape=[n, *image.shape])
             request.raw_input_contents.append(image.tobytes() * n)
-        request.outputs.add(name="class_index")
+        for name in self.outputs:
+            request.outputs.add(name=name)
         return request
 
     async def send(self, image):

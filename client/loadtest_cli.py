@@ -21,6 +21,7 @@ def add_parser(subparsers):
     p.add_argument("--images", type=Path, help="a folder of images (recursively) to send encoded (default: generated pixels)")
     p.add_argument("--generate", type=int, default=16, help="how many random images to generate")
     p.add_argument("--method", default="gradcam", help="native API only")
+    p.add_argument("--predict-only", action="store_true", help="ask for no heatmap: the model's predict signature runs")
     p.add_argument("--images-per-call", type=int, default=1, help="images in each call (native: ExplainMany; KServe: [N,...])")
     p.add_argument("--out", type=Path, default=Path("loadtest"), help="folder for report.json, report.csv, report.png")
     connection.add_arguments(p)
@@ -64,9 +65,14 @@ def run(args) -> int:
         if not model:
             print("camserve loadtest: --api kserve needs --model", file=sys.stderr)
             return 2
-        factory = functools.partial(kserve_sender, args.target, model, images_per_call=args.images_per_call, **secure)
+        factory = functools.partial(
+            kserve_sender, args.target, model, images_per_call=args.images_per_call, predict_only=args.predict_only, **secure
+        )
     else:
-        factory = functools.partial(native_sender, args.target, model=model, method=args.method, images_per_call=args.images_per_call, **secure)
+        factory = functools.partial(
+            native_sender, args.target, model=model, method=args.method, images_per_call=args.images_per_call,
+            predict_only=args.predict_only, **secure,
+        )
     if args.images_per_call < 1:
         print("camserve loadtest: --images-per-call must be at least 1", file=sys.stderr)
         return 2
@@ -76,6 +82,7 @@ def run(args) -> int:
     context = {
         "target": args.target,
         "api": args.api,
+        "predict_only": args.predict_only,
         "model": model,
         "images": str(args.images) if args.images else f"{len(images)} generated",
         "images_per_call": args.images_per_call,

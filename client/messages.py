@@ -17,7 +17,7 @@ from . import boxes
 from . import overlay as drawing
 
 RESIZE_MODES = {"stretch": pb.RESIZE_STRETCH, "center_crop": pb.RESIZE_CENTER_CROP, "letterbox": pb.RESIZE_LETTERBOX}
-HEATMAP_TYPES = {"float32": pb.HEATMAP_FLOAT32, "uint8": pb.HEATMAP_UINT8}
+HEATMAP_TYPES = {"float32": pb.HEATMAP_FLOAT32, "uint8": pb.HEATMAP_UINT8, "none": pb.HEATMAP_NONE}
 
 
 def image_message(image) -> pb.Image:
@@ -100,7 +100,7 @@ class Explanation:
     top_k: list[Prediction] = field(default_factory=list)
     logits: np.ndarray | None = None  # with return_scores
     probabilities: np.ndarray | None = None
-    heatmap: np.ndarray | None = None  # float32 [h,w] in [0,1]
+    heatmap: np.ndarray | None = None  # float32 [h,w] in [0,1]; None from predict()
     heatmap_scale: float = 0.0
     region: geometry.Region | None = None  # where the map lies on the image as sent
     image_size: tuple[int, int] = (0, 0)  # (height, width) as sent
@@ -141,7 +141,9 @@ def explanation(response: pb.ExplainResponse, index: int | None = None) -> Expla
         code = next((c.name for c in grpc.StatusCode if c.value[0] == response.error.code), str(response.error.code))
         return Explanation(id=response.id, error=(code, response.error.message), index=index)
     hm = response.heatmap
-    if hm.type == pb.HEATMAP_UINT8:
+    if not response.HasField("heatmap"):  # predict-only
+        values = None
+    elif hm.type == pb.HEATMAP_UINT8:
         values = np.frombuffer(hm.data, np.uint8).reshape(hm.height, hm.width).astype(np.float32) / 255.0
     else:
         values = np.frombuffer(hm.data, "<f4").reshape(hm.height, hm.width).astype(np.float32)

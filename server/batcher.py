@@ -16,6 +16,11 @@ On a GPU a second batch may be in flight while the first runs
 a CPU one batch at a time is fastest, and requests that arrive meanwhile
 form the next batch.
 
+A batch holds requests of one kind: all want a heatmap (the model's explain
+signature), or none does (PREDICT: its predict signature, at the cost of a
+plain prediction). The oldest request picks the kind; the others keep their
+places for the next batch, so neither kind pays for the other's work.
+
 A failed batch is logged and counted, and its requests run again one at a time
 so that one bad request does not fail its batch-mates; after SOLO_FAILURES
 failures in a row the model itself is failing, and the rest fail at once
@@ -44,6 +49,7 @@ from .statistics import ModelStats
 log = logging.getLogger("camserve.batcher")
 
 SOLO_FAILURES = 2
+PREDICT = -1  # Item.method of a request that wants no heatmap
 
 
 def _count(value) -> bool:
@@ -280,8 +286,10 @@ class Batcher:
                 self.idle.set()
 
     def _take(self) -> list[Item]:
+        """The oldest live requests of the oldest one's kind, up to max_batch_size;
+        requests of the other kind go back to the front of the queue, in order."""
         now = time.monotonic()
-        taken = []
+        taken, other = [], []
         while self.queue and len(taken) < self.options.max_batch_size:
             item = self.queue.popleft()
             if item.future.done():  # cancelled by the caller or the deadline
@@ -291,8 +299,11 @@ class Batcher:
                     RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while the request was queued")
                 )
                 self._drop(item, "deadline")
+            elif taken and (item.method == PREDICT) != (taken[0].method == PREDICT):
+                other.append(item)
             else:
                 taken.append(item)
+        self.queue.extendleft(reversed(other))
         self._observe_depth()
         return taken
 
@@ -329,7 +340,7 @@ class Batcher:
         size = self._padded_size(len(batch))
         images = np.zeros((size, *batch[0].image.shape), np.uint8)
         class_index = np.full(size, -1, np.int32)
-        method = np.zeros(size, np.int32)
+        method = np.full(size, PREDICT if batch[0].method == PREDICT else 0, np.int32)  # padding of the batch's kind
         for i, item in enumerate(batch):
             images[i], class_index[i], method[i] = item.image, item.class_index, item.method
         started = time.monotonic()
@@ -337,7 +348,7 @@ class Batcher:
         compute_s = time.monotonic() - started
         self.stats.batch(len(batch), compute_s)
         if self.metrics:
-            self.metrics.observe_batch(self.name, len(batch), size, compute_s)
+            self.metrics.observe_batch(self.name, len(batch), size, compute_s, "predict" if batch[0].method == PREDICT else "explain")
         for i, item in enumerate(batch):
             if not item.future.done():
                 row = {name: value[i] for name, value in outputs.items()}

@@ -16,7 +16,7 @@ import numpy as np
 from camserve import colors, geometry
 from camserve.v1 import camserve_pb2 as pb
 
-from .batcher import Item, Result
+from .batcher import PREDICT, Item, Result
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, invalid
 from .models import Registry, ServedModel
@@ -51,8 +51,10 @@ def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
     check_targets(model, [class_index], [method])
     if request.resize not in (geometry.STRETCH, geometry.CENTER_CROP, geometry.LETTERBOX):
         raise invalid(f"unknown resize mode {request.resize}")
-    if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8):
+    if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8, pb.HEATMAP_NONE):
         raise invalid(f"unknown heatmap type {request.heatmap_type}")
+    if request.heatmap_type == pb.HEATMAP_NONE:
+        method = PREDICT
     if request.HasField("background") and request.background > colors.WHITE:
         raise invalid(f"background {request.background:#x} is not a colour 0xRRGGBB")
     top_k = min(request.top_k or DEFAULT_TOP_K, model.num_classes)
@@ -70,7 +72,7 @@ def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
         pixels = decode_raw(raw.pixels, raw.height, raw.width, raw.channels, limits.max_pixels, background)
     else:
         raise invalid("image is empty: set image.encoded or image.raw")
-    if request.heatmap_original_size:
+    if request.heatmap_original_size and request.heatmap_type != pb.HEATMAP_NONE:
         _check_response_size(pixels.shape[0] * pixels.shape[1], request.heatmap_type, limits.max_response_bytes)
     return pixels
 
@@ -139,8 +141,7 @@ def build_response(request, prepared: Prepared, result: Result, region, original
         version=model.version,
         explained=_class(model, outputs, int(outputs["class_index"])),
         top_k=[_class(model, outputs, int(i)) for i in order],
-        heatmap=_heatmap(request, outputs, region, original),
-        method=model.methods[prepared.method],
+        method=model.methods[prepared.method] if prepared.method != PREDICT else "",
         image_height=original[0],
         image_width=original[1],
         timing=pb.Timing(
@@ -150,6 +151,8 @@ def build_response(request, prepared: Prepared, result: Result, region, original
             total_ms=(time.monotonic() - received) * 1e3,
         ),
     )
+    if prepared.method != PREDICT:
+        response.heatmap.CopyFrom(_heatmap(request, outputs, region, original))
     if request.return_scores:
         response.logits.extend(outputs["logits"].tolist())
         response.probabilities.extend(outputs["probabilities"].tolist())
@@ -266,7 +269,7 @@ class Handler:
                 )
             call.queue_s = result.queue_s
             build = functools.partial(build_response, request, prepared, result, region, original, received)
-            if request.heatmap_original_size:  # resizing a map to a large image is real work
+            if request.heatmap_original_size and prepared.method != PREDICT:  # resizing a map to a large image is real work
                 return await asyncio.get_running_loop().run_in_executor(self.executor, build)
             return build()
 

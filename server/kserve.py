@@ -27,6 +27,7 @@ import camserve
 from camserve.kserve import grpc_predict_v2_pb2 as kpb
 from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
+from .batcher import PREDICT
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, abort, invalid
 from .handler import Handler, check_targets, deadline, encoded_is_cheap, fit, raw_is_cheap
@@ -177,6 +178,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             if unknown:
                 raise invalid(f"unknown output(s) {unknown}; outputs are {', '.join(OUTPUTS)}")
             images, class_index, method = tensors
+            if not {"heatmap", "heatmap_scale"} & set(wanted):  # no map asked for: the predict signature
+                method = [PREDICT] * len(images)
             until = deadline(context, received)
             with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
                 runs = [self.handler.run_image(model, admission, *image, c, m, until) for image, c, m in zip(images, class_index, method)]

@@ -29,6 +29,10 @@ class Metrics:
         self.batch_size = Histogram(
             "camserve_batch_size", "Requests per batch, before padding", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
+        self.batches = Counter(
+            "camserve_batches", "Model runs, by signature (explain: with heatmaps; predict: none asked for one)",
+            ["model", "signature"], registry=r,
+        )
         self.padding = Counter("camserve_padding_slots", "Batch slots filled with padding", ["model"], registry=r)
         self.executed = Counter("camserve_executed_requests", "Requests that ran on the model", ["model"], registry=r)
         self.batch_failures = Counter(
@@ -59,7 +63,8 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_batch(self, model: str, requests: int, padded_size: int, compute_s: float):
+    def observe_batch(self, model: str, requests: int, padded_size: int, compute_s: float, signature: str):
+        self._child(self.batches, model, signature).inc()
         self._child(self.batch_size, model).observe(requests)
         self._child(self.padding, model).inc(padded_size - requests)
         self._child(self.executed, model).inc(requests)

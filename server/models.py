@@ -17,7 +17,7 @@ import tensorflow as tf
 from camserve.export import repository
 
 from . import phase
-from .batcher import Batcher
+from .batcher import PREDICT, Batcher
 from .errors import RequestError
 from .model_config import ModelConfig
 from .statistics import ModelStats
@@ -45,12 +45,23 @@ class ServedModel:
         in_flight = config.batches_in_flight or (2 if "GPU" in device else 1)
         self._executor = ThreadPoolExecutor(in_flight, thread_name_prefix=f"model-{self.name}")
         with tf.device(device):
-            self._explain = tf.saved_model.load(str(path)).signatures["serving_default"]
+            signatures = tf.saved_model.load(str(path)).signatures
+            # A SavedModel written by hand may lack `predict`: its predict-only requests run explain.
+            self._explain, self._predict = signatures["serving_default"], signatures.get("predict")
         self.stats = ModelStats()
         self.batcher = Batcher(self.run_batch, config.batching, self._executor, self.stats, metrics, self.name, in_flight)
 
     def run_batch(self, images: np.ndarray, class_index: np.ndarray, method: np.ndarray) -> dict:
+        """One batch of one kind (batcher.py): explain, or for PREDICT rows the predict
+        signature, whose explained class is the asked one or the highest logit (the
+        top-1 of every head)."""
         with tf.device(self.device):
+            if method[0] == PREDICT and self._predict is not None:
+                outputs = {name: value.numpy() for name, value in self._predict(images=tf.constant(images)).items()}
+                outputs["class_index"] = np.where(class_index >= 0, class_index, np.argmax(outputs["logits"], axis=1)).astype(np.int32)
+                return outputs
+            if method[0] == PREDICT:
+                method = np.zeros_like(method)  # its maps are computed and not sent
             outputs = self._explain(
                 images=tf.constant(images), class_index=tf.constant(class_index), method=tf.constant(method)
             )
@@ -64,11 +75,9 @@ class ServedModel:
             return
         for size in self.batcher.ladder:
             started = time.perf_counter()
-            self.run_batch(
-                np.zeros((size, self.height, self.width, 3), np.uint8),
-                np.full(size, -1, np.int32),
-                np.zeros(size, np.int32),
-            )
+            images, class_index = np.zeros((size, self.height, self.width, 3), np.uint8), np.full(size, -1, np.int32)
+            for kind in (0, PREDICT) if self._predict is not None else (0,):
+                self.run_batch(images, class_index, np.full(size, kind, np.int32))
             say(f"warm-up {self.name} v{self.version}: batch {size} compiled in {time.perf_counter() - started:.1f}s")
 
     def close(self):

@@ -7,7 +7,6 @@ import json
 import re
 import threading
 import time
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -182,3 +181,12 @@ def test_batches_in_flight_on_the_device(in_flight):
 
     assert asyncio.run(scenario()) == [float(i) for i in range(12)]
     assert most[0] == in_flight
+
+
+def test_a_savedmodel_without_a_predict_signature_still_answers_predict_only(poisoned_server):
+    """A hand-made SavedModel may have only `serving_default`: predict-only runs it and drops the map."""
+    with Client(poisoned_server.target, model="poison") as client:
+        result = client.predict(image(False), return_scores=True)
+    logits = np.array([7 * (SIZE * SIZE - 1) / (SIZE * SIZE), 7.0])  # the module's channel means
+    assert result.heatmap is None and result.method == "" and result.class_index == 1
+    np.testing.assert_allclose(result.probabilities, np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)

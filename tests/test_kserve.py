@@ -104,6 +104,19 @@ def test_requested_outputs_only(kserve):
     assert result.as_numpy("heatmap") is None
 
 
+def test_outputs_without_a_heatmap_run_the_predict_signature(server, kserve, native):
+    images = reference.smooth_images(3, SIZE, seed=44)
+    before = server.metric("camserve_batches_total", model="tiny", signature="predict")
+    wanted = [triton.InferRequestedOutput(name) for name in ("logits", "probabilities", "class_index")]
+    result = kserve.infer("tiny", [images_input(images), int_input("class_index", [-1, 2, -1])], outputs=wanted)
+    assert server.metric("camserve_batches_total", model="tiny", signature="predict") > before
+    for i, image in enumerate(images):
+        want = native.explain(image, class_index=2 if i == 1 else None, return_scores=True)
+        np.testing.assert_allclose(result.as_numpy("probabilities")[i], want.probabilities, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(result.as_numpy("logits")[i], want.logits, rtol=1e-5, atol=1e-6)
+        assert result.as_numpy("class_index")[i] == want.class_index
+
+
 def test_typed_contents_are_accepted(server, kserve):
     images = reference.smooth_images(1, SIZE, seed=42)
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.target))

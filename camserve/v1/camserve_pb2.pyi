@@ -11,6 +11,7 @@ class HeatmapType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     HEATMAP_FLOAT32: _ClassVar[HeatmapType]
     HEATMAP_UINT8: _ClassVar[HeatmapType]
+    HEATMAP_NONE: _ClassVar[HeatmapType]
 
 class ResizeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -19,6 +20,7 @@ class ResizeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESIZE_LETTERBOX: _ClassVar[ResizeMode]
 HEATMAP_FLOAT32: HeatmapType
 HEATMAP_UINT8: HeatmapType
+HEATMAP_NONE: HeatmapType
 RESIZE_STRETCH: ResizeMode
 RESIZE_CENTER_CROP: ResizeMode
 RESIZE_LETTERBOX: ResizeMode
