@@ -63,13 +63,13 @@ def pair(repo, tmp_path_factory):
 
 def probe(target: str) -> str | None:
     """A health check on a new connection, as kubelet's gRPC probe makes one (a
-    long-lived channel may still hold the connection of a worker just killed),
-    retried as a probe's failureThreshold allows: for as long as the kernel takes
-    to tear a killed worker down (its memory goes before its sockets), new
+    long-lived channel may still hold the connection of a worker just killed; so
+    may gRPC's global subchannel pool, hence a local one), retried as a probe's
+    failureThreshold allows: while the kernel tears a killed worker down, new
     connections that hash to its listening socket are reset (SO_REUSEPORT;
     net.ipv4.tcp_migrate_req=1 hands them to a live worker instead)."""
     for _ in range(5):
-        with grpc.insecure_channel(target) as channel:
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
                 return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
