@@ -85,7 +85,9 @@ class Client(_Base):
 
     Options of explain/explain_stream/explain_many: model, version, class_index (None: top-1),
     method (a name the model's metadata lists: "gradcam", "gradcam++", ...), top_k, heatmap_type ("float32",
-    "uint8", "none": no heatmap, at the cost of a prediction), original_size, resize ("stretch", "center_crop", "letterbox"),
+    "uint8", "none": no heatmap, at the cost of a prediction), counterfactual (the map
+    of what speaks against the class), top_k_maps (maps of the k highest classes in
+    .maps), original_size, resize ("stretch", "center_crop", "letterbox"),
     return_scores."""
 
     def __init__(self, target, *, model=None, timeout: float | None = 30.0, **connection):

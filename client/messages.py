@@ -4,7 +4,7 @@ Explanations from responses; shared by the blocking and the asyncio client."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -50,6 +50,8 @@ def request_options(
     return_scores=False,
     timeout=None,
     background=None,
+    counterfactual=False,
+    top_k_maps=0,
 ) -> pb.ExplainRequest:
     """An ExplainRequest with everything but its image and id, checked once for a
     whole stream; `timeout` (seconds) becomes the image's own timeout_ms;
@@ -64,6 +66,8 @@ def request_options(
         heatmap_original_size=original_size,
         resize=RESIZE_MODES[resize],
         return_scores=return_scores,
+        counterfactual=counterfactual,
+        top_k_maps=top_k_maps,
     )
     if class_index is not None:
         request.class_index = class_index
@@ -112,6 +116,8 @@ class Explanation:
     # for a path the client could not read.
     error: tuple[str, str] | None = None
     index: int | None = None  # the position in the caller's iterable, from explain_stream
+    # With top_k_maps > 1: an Explanation per class, highest first (this one is the first).
+    maps: list[Explanation] = field(default_factory=list)
 
     def heatmap_at(self, width: int, height: int) -> np.ndarray:
         """The map over an image of width x height showing what was sent."""
@@ -141,13 +147,8 @@ def explanation(response: pb.ExplainResponse, index: int | None = None) -> Expla
         code = next((c.name for c in grpc.StatusCode if c.value[0] == response.error.code), str(response.error.code))
         return Explanation(id=response.id, error=(code, response.error.message), index=index)
     hm = response.heatmap
-    if not response.HasField("heatmap"):  # predict-only
-        values = None
-    elif hm.type == pb.HEATMAP_UINT8:
-        values = np.frombuffer(hm.data, np.uint8).reshape(hm.height, hm.width).astype(np.float32) / 255.0
-    else:
-        values = np.frombuffer(hm.data, "<f4").reshape(hm.height, hm.width).astype(np.float32)
-    return Explanation(
+    values = _values(hm) if response.HasField("heatmap") else None  # none: predict-only
+    found = Explanation(
         id=response.id,
         model=response.model,
         version=response.version,
@@ -168,3 +169,15 @@ def explanation(response: pb.ExplainResponse, index: int | None = None) -> Expla
         total_ms=response.timing.total_ms,
         index=index,
     )
+    found.maps = [
+        replace(found, class_index=m.explained.index, label=m.explained.label, probability=m.explained.probability,
+                heatmap=_values(m.heatmap), heatmap_scale=m.heatmap.scale, maps=[])
+        for m in response.maps
+    ]
+    return found
+
+
+def _values(hm: pb.Heatmap) -> np.ndarray:
+    if hm.type == pb.HEATMAP_UINT8:
+        return np.frombuffer(hm.data, np.uint8).reshape(hm.height, hm.width).astype(np.float32) / 255.0
+    return np.frombuffer(hm.data, "<f4").reshape(hm.height, hm.width).astype(np.float32)

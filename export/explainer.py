@@ -3,6 +3,13 @@ image's chosen logit (before any softmax or sigmoid; a binary head's negative
 class is -z) with respect to the target activations, and per image the map its
 `method` asks for (only the methods a batch asks for are computed).
 
+Per image, `class_index` c >= 0 names the class and -r the r-th highest logit
+(-1 the top-1, -2 the runner-up, ...), so a caller gets the top-k classes' maps
+by sending an image k times. A `method` code plus COUNTERFACTUAL asks for the
+counterfactual map (the Grad-CAM paper, section 5): the method applied to the
+negated gradients, showing what speaks against the class. Out-of-range values
+give class_index -1 and an all-zero map.
+
 Written once for any float dtype: the export compiles it in float32 under XLA,
 verification runs it eagerly in float64 as the reference.
 """
@@ -12,6 +19,8 @@ import tensorflow as tf
 from . import heads
 from .methods import METHODS
 from .preprocess import preprocess
+
+COUNTERFACTUAL = 256  # added to a method code; above any method's code, so codes never clash
 
 
 def _maps(activations, gradients, method):
@@ -57,11 +66,16 @@ class Explainer:
             tape.watch(x)
             logits, activations = self._logits(x)
             num_classes = tf.shape(logits)[-1]
-            top1 = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            chosen = tf.where(class_index == -1, top1, class_index)
-            valid = (chosen >= 0) & (chosen < num_classes) & (method >= 0) & (method < len(METHODS))
-            # Each image's own logit: summing over the batch keeps gradients per image.
-            picked = tf.one_hot(chosen, num_classes, dtype=logits.dtype) * tf.cast(valid, logits.dtype)[:, None]
+            # Highest first; equal logits in index order, as argmax breaks ties.
+            ranked = tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True)
+            by_rank = tf.gather(ranked, tf.clip_by_value(-class_index - 1, 0, num_classes - 1), batch_dims=1)
+            chosen = tf.where(class_index < 0, by_rank, class_index)
+            counterfactual = method >= COUNTERFACTUAL
+            method = tf.where(counterfactual, method - COUNTERFACTUAL, method)
+            valid = (class_index >= -num_classes) & (class_index < num_classes) & (method >= 0) & (method < len(METHODS))
+            # Each image's own logit (negated for a counterfactual): summing over the batch keeps gradients per image.
+            sign = tf.where(counterfactual, -1.0, 1.0) * tf.cast(valid, tf.float32)
+            picked = tf.one_hot(chosen, num_classes, dtype=logits.dtype) * tf.cast(sign, logits.dtype)[:, None]
             score = tf.reduce_sum(logits * picked)
         gradients = tape.gradient(score, activations)
         activations = tf.cast(activations, self.dtype)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from camserve.progress import Steps
 
 from . import graph, repository, source
-from .explainer import Explainer
+from .explainer import COUNTERFACTUAL, Explainer
 from .methods import NAMES
 from .module import CamModule
 from .preprocess import MODES, preprocess
@@ -129,6 +129,9 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
             "feature_size": feature_size,
             "num_classes": num_classes,
             "methods": list(NAMES),
+            # What class_index and method codes mean beyond 0..C-1 and -1 (explainer.py).
+            "class_ranks": True,
+            "counterfactual_code": COUNTERFACTUAL,
             "classes": classes,
             "source": src.description,
             "tensorflow": tf.__version__,

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .explainer import Explainer
+from .explainer import COUNTERFACTUAL, Explainer
 from .graph import Head, split
 from .graph import head as find_head
 from .heads import HeadError
@@ -47,13 +47,14 @@ def as_float64(model: keras.Model) -> keras.Model:
 
 def sample_inputs(input_size, num_classes: int, count: int = len(METHODS), seed: int = 0):
     """Smooth random images (structured activations, unlike white noise) with
-    top-1 and explicit classes and, one an image, every method."""
+    top-1, runner-up and explicit classes and, one an image, every method (every
+    third one counterfactual)."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, size=(count, 8, 8, 3)).astype(np.float32)
     images = tf.image.resize(coarse, input_size).numpy()
     images = np.clip(images + rng.normal(0, 12, images.shape), 0, 255).astype(np.uint8)
-    class_index = np.resize(np.array([-1, 0, num_classes - 1, -1, num_classes // 2, -1], np.int32), count)
-    method = (np.arange(count) % len(METHODS)).astype(np.int32)
+    class_index = np.resize(np.array([-1, 0, num_classes - 1, -2, num_classes // 2, -1], np.int32), count)
+    method = (np.arange(count) % len(METHODS) + np.where(np.arange(count) % 3 == 2, COUNTERFACTUAL, 0)).astype(np.int32)
     return images, class_index, method
 
 

@@ -28,37 +28,54 @@ DEFAULT_TOP_K = 5
 @dataclass
 class Prepared:
     model: ServedModel
-    class_index: int
-    method: int
+    targets: list[tuple[int, int]]  # (class_index, method code) per map: one, or top_k_maps
+    method: int  # the method's index, or PREDICT
     top_k: int
 
 
-def check_targets(model: ServedModel, class_index: list[int], method: list[int]):
-    """Per-image class indices and method codes, for every API (Python ints: numpy
-    on a few values costs more than the check)."""
-    if any(not -1 <= c < model.num_classes for c in class_index):
-        raise invalid(f"class_index out of range for {model.num_classes} classes (-1: top-1): {class_index}")
+def check_targets(model: ServedModel, class_index: list[int], method: list[int], counterfactual: list[bool] | None = None) -> list[int]:
+    """Per-image class indices (-r: the r-th highest class), method indices and
+    counterfactual flags, for every API (Python ints: numpy on a few values costs
+    more than the check); returns the method codes the export takes."""
+    lowest = -model.num_classes if model.class_ranks else -1
+    if any(not lowest <= c < model.num_classes for c in class_index):
+        if not model.class_ranks and any(c < -1 for c in class_index):
+            raise invalid(f"{model.name} version {model.version} was exported before class ranks (class_index < -1, top_k_maps): re-export it")
+        ranks = f"-1..-{model.num_classes}: the highest class, the next, ..." if model.class_ranks else "-1: top-1"
+        raise invalid(f"class_index out of range for {model.num_classes} classes ({ranks}): {class_index}")
     if any(not 0 <= m < len(model.methods) for m in method):
         raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method}")
+    if not counterfactual or not any(counterfactual):
+        return method
+    if model.counterfactual_code is None:
+        raise invalid(f"{model.name} version {model.version} was exported before counterfactual maps: re-export it")
+    return [m + model.counterfactual_code if flag else m for m, flag in zip(method, counterfactual)]
 
 
 def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
     method_name = request.method or model.default_method
     if method_name not in model.methods:
         raise invalid(f"unknown method {method_name!r}; {model.name} offers {', '.join(model.methods)}")
-    class_index = request.class_index if request.HasField("class_index") else -1
     method = model.methods.index(method_name)
-    check_targets(model, [class_index], [method])
+    maps = request.top_k_maps
+    if maps > 1 and request.HasField("class_index"):
+        raise invalid("top_k_maps explains the highest classes: leave class_index unset")
+    if maps > model.num_classes:
+        raise invalid(f"top_k_maps {maps} is more than the model's {model.num_classes} classes")
+    if request.heatmap_type == pb.HEATMAP_NONE and (maps > 1 or request.counterfactual):
+        raise invalid("a predict-only request (heatmap type NONE) has no map for top_k_maps or counterfactual")
+    classes = [-rank for rank in range(1, maps + 1)] if maps > 1 else [request.class_index if request.HasField("class_index") else -1]
+    codes = check_targets(model, classes, [method] * len(classes), [request.counterfactual] * len(classes))
     if request.resize not in (geometry.STRETCH, geometry.CENTER_CROP, geometry.LETTERBOX):
         raise invalid(f"unknown resize mode {request.resize}")
     if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8, pb.HEATMAP_NONE):
         raise invalid(f"unknown heatmap type {request.heatmap_type}")
     if request.heatmap_type == pb.HEATMAP_NONE:
-        method = PREDICT
+        method, codes = PREDICT, [PREDICT]
     if request.HasField("background") and request.background > colors.WHITE:
         raise invalid(f"background {request.background:#x} is not a colour 0xRRGGBB")
     top_k = min(request.top_k or DEFAULT_TOP_K, model.num_classes)
-    return Prepared(model, class_index, method, top_k)
+    return Prepared(model, list(zip(classes, codes)), method, top_k)
 
 
 def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
@@ -132,8 +149,10 @@ def _class(model: ServedModel, outputs: dict, index: int) -> pb.Class:
     )
 
 
-def build_response(request, prepared: Prepared, result: Result, region, original, received: float) -> pb.ExplainResponse:
-    model, outputs = prepared.model, result.outputs
+def build_response(request, prepared: Prepared, results: list[Result], region, original, received: float) -> pb.ExplainResponse:
+    """The first result answers; with top_k_maps every result adds a class map."""
+    model, result = prepared.model, results[0]
+    outputs = result.outputs
     order = np.argsort(-outputs["probabilities"], kind="stable")[: prepared.top_k]
     response = pb.ExplainResponse(
         id=request.id,
@@ -153,6 +172,10 @@ def build_response(request, prepared: Prepared, result: Result, region, original
     )
     if prepared.method != PREDICT:
         response.heatmap.CopyFrom(_heatmap(request, outputs, region, original))
+    if len(results) > 1:
+        for each in results:
+            entry = response.maps.add(explained=_class(model, each.outputs, int(each.outputs["class_index"])))
+            entry.heatmap.CopyFrom(response.heatmap if each is result else _heatmap(request, each.outputs, region, original))
     if request.return_scores:
         response.logits.extend(outputs["logits"].tolist())
         response.probabilities.extend(outputs["probabilities"].tolist())
@@ -237,38 +260,43 @@ class Handler:
             call.model.stats.request(code == grpc.StatusCode.OK, seconds, call.queue_s)
 
     async def run_image(
-        self, model: ServedModel, admission, prepare, inline: bool, class_index: int, method: int, deadline: float | None
+        self, model: ServedModel, admission, prepare, inline: bool, targets: list[tuple[int, int]], deadline: float | None
     ):
-        """For a request admitted to the model's batcher: prepare() -> (canvas, extra)
-        runs on the decode pool while the model may be busy, or right here when it
-        is cheap (`inline`: the thread hop would cost more than the work); then the
-        canvas joins a batch. Returns (Result, extra)."""
+        """For an image admitted to the model's batcher once per target: prepare() ->
+        (canvas, extra) runs on the decode pool while the model may be busy, or right
+        here when it is cheap (`inline`: the thread hop would cost more than the
+        work); then the canvas joins a batch once per (class_index, method code).
+        Returns ([Result per target], extra)."""
         loop = asyncio.get_running_loop()
         try:
             canvas, extra = prepare() if inline else await loop.run_in_executor(self.executor, prepare)
         finally:
-            admission.decoded()
-        future = loop.create_future()
-        model.batcher.submit(Item(canvas, class_index, method, deadline, future))
-        return await _by(deadline, future), extra
+            for _ in targets:
+                admission.decoded()
+        futures = []
+        for class_index, method in targets:
+            futures.append(loop.create_future())
+            model.batcher.submit(Item(canvas, class_index, method, deadline, futures[-1]))
+        if len(futures) == 1:
+            return [await _by(deadline, futures[0])], extra
+        return list(await asyncio.gather(*(_by(deadline, future) for future in futures))), extra
 
     async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
         received = time.monotonic()
         with self.accounted(api, context) as call:
             prepared = _options(request, self.registry.get(request.model, request.version))
             call.model = model = prepared.model
-            with model.batcher.admit() as admission:
-                result, (region, original) = await self.run_image(
+            with model.batcher.admit(len(prepared.targets)) as admission:
+                results, (region, original) = await self.run_image(
                     model,
                     admission,
                     functools.partial(fit, functools.partial(_pixels, request, self.limits), model, request.resize),
                     _cheap(request.image, model),
-                    prepared.class_index,
-                    prepared.method,
+                    prepared.targets,
                     deadline(context, received, request.timeout_ms),
                 )
-            call.queue_s = result.queue_s
-            build = functools.partial(build_response, request, prepared, result, region, original, received)
+            call.queue_s = max(result.queue_s for result in results)
+            build = functools.partial(build_response, request, prepared, results, region, original, received)
             if request.heatmap_original_size and prepared.method != PREDICT:  # resizing a map to a large image is real work
                 return await asyncio.get_running_loop().run_in_executor(self.executor, build)
             return build()

@@ -9,7 +9,8 @@ contents, only those requested when any are.
 Metadata and ModelConfig advertise `images` only: perf_analyzer fills every
 input it is told of with random data, and random class indices and method
 codes would be refused, so a default `perf_analyzer -m MODEL` run must not see
-them. `class_index`, `method` and the alternative `image_bytes` are accepted
+them. `class_index` (-r: the r-th highest class), `method`, `counterfactual`
+(INT32 or BOOL) and the alternative `image_bytes` are accepted
 all the same (tritonclient users send them by name); ModelConfig's
 `parameters` list them for tools that look.
 """
@@ -52,12 +53,12 @@ def _tensor(name, datatype, shape):
     return kpb.ModelMetadataResponse.TensorMetadata(name=name, datatype=datatype, shape=shape)
 
 
-def _per_image(tensors: dict, name: str, n: int, default: int) -> list[int]:
+def _per_image(tensors: dict, name: str, n: int, default: int, kinds: str = "i") -> list[int]:
     if name not in tensors:
         return [default] * n
     values = tensors[name]
-    if isinstance(values, list) or values.dtype.kind != "i":
-        raise invalid(f"input {name!r} must be INT32 [{n}]")
+    if isinstance(values, list) or values.dtype.kind not in kinds:
+        raise invalid(f"input {name!r} must be {' or '.join({'i': 'INT32', 'b': 'BOOL'}[k] for k in kinds)} [{n}]")
     if values.shape not in ((n,), (n, 1)):
         raise invalid(f"input {name!r} has shape {list(values.shape)}; expected [{n}], one per image")
     return values.reshape(n).tolist()
@@ -137,7 +138,11 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                         ("head", model.head),
                         ("target_layer", model.metadata["target_layer"]),
                         ("methods", ",".join(model.methods)),
-                        ("optional_inputs", "class_index INT32 [N] (-1: top-1), method INT32 [N], image_bytes BYTES [N]"),
+                        (
+                            "optional_inputs",
+                            "class_index INT32 [N] (-r: the r-th highest class), method INT32 [N], "
+                            "counterfactual INT32 or BOOL [N], image_bytes BYTES [N]",
+                        ),
                     )
                 },
             )
@@ -182,9 +187,10 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 method = [PREDICT] * len(images)
             until = deadline(context, received)
             with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
-                runs = [self.handler.run_image(model, admission, *image, c, m, until) for image, c, m in zip(images, class_index, method)]
+                runs = [self.handler.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
                 # One image (the common case) needs no tasks of its own.
-                results = [await runs[0]] if len(runs) == 1 else await asyncio.gather(*runs)
+                answers = [await runs[0]] if len(runs) == 1 else await asyncio.gather(*runs)
+            results = [(found[0], extra) for found, extra in answers]
             call.queue_s = max(result.queue_s for result, _ in results)
             response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
             for name in wanted:
@@ -241,7 +247,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 def image_inputs(model: ServedModel, request, limits: Limits):
     """([(prepare function, inline)] per image, class indices, method codes), all validated."""
     tensors = decode_inputs(request)
-    known = {"images", "image_bytes", "class_index", "method"}
+    known = {"images", "image_bytes", "class_index", "method", "counterfactual"}
     if set(tensors) - known:
         raise invalid(f"unknown input(s) {sorted(set(tensors) - known)}; inputs are {', '.join(sorted(known))}")
     if ("images" in tensors) == ("image_bytes" in tensors):
@@ -265,6 +271,7 @@ def image_inputs(model: ServedModel, request, limits: Limits):
         raise invalid(f"a request carries 1 to {limit} images; this one has {n}")
     class_index = _per_image(tensors, "class_index", n, -1)
     method = _per_image(tensors, "method", n, model.methods.index(model.default_method))
-    check_targets(model, class_index, method)
+    counterfactual = [bool(flag) for flag in _per_image(tensors, "counterfactual", n, 0, kinds="ib")]
+    method = check_targets(model, class_index, method, counterfactual)
     return [(functools.partial(fit, p, model), inline) for p in pixels], class_index, method
 

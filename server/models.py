@@ -36,6 +36,9 @@ class ServedModel:
         self.height, self.width = self.metadata["input_size"]
         self.num_classes = int(self.metadata["num_classes"])
         self.methods = list(self.metadata["methods"])
+        # Exports before class ranks and counterfactual maps have neither (export/explainer.py).
+        self.class_ranks = bool(self.metadata.get("class_ranks"))
+        self.counterfactual_code = self.metadata.get("counterfactual_code")
         self.classes = self.metadata.get("classes") or []
         self.head = self.metadata.get("head", "softmax")  # exports before heads had softmax only
         self.default_method = config.default_method or self.methods[0]

@@ -58,9 +58,10 @@ def method_map(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
 LUMINANCE = np.array([0.2989, 0.5870, 0.1140])  # ITU-R 601, as tf.image.rgb_to_grayscale
 
 
-def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, scale=1 / 255.0):
+def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, scale=1 / 255.0, counterfactual=False):
     """Outputs for one uint8 image [H,W,3], model inputs = pixels * scale
-    (luminance for a 1-channel model)."""
+    (luminance for a 1-channel model). class_index -r is the r-th highest logit;
+    a counterfactual map is the method on the negated gradients."""
     x = pixels.astype(np.float64)
     if test_model.channels == 1:
         x = (x @ LUMINANCE)[..., None]
@@ -69,10 +70,11 @@ def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, s
     with tf.GradientTape() as tape:
         tape.watch(activations)
         logits = test_model.logits(activations)
-        chosen = int(np.argmax(logits.numpy()[0])) if class_index == -1 else class_index
+        ranked = np.argsort(-logits.numpy()[0], kind="stable")
+        chosen = int(ranked[-class_index - 1]) if class_index < 0 else class_index
         score = logits[0, chosen]
     a = activations.numpy()[0]
-    g = tape.gradient(score, activations).numpy()[0]
+    g = tape.gradient(score, activations).numpy()[0] * (-1.0 if counterfactual else 1.0)
     cam = method_map(method, a, g)
     peak = cam.max()
     z = logits.numpy()[0]

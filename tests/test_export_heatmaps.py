@@ -58,6 +58,40 @@ def test_a_batch_where_every_image_asks_for_another_method_equals_the_reference(
         assert_matches_reference(got, i, reference.explain_one(model64, images[i], class_index[i], name))
 
 
+COUNTERFACTUAL = 256  # the code offset camserve.json records as counterfactual_code
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential", "nested_backbone_target", "wide", "gray", "binary", "sigmoid"])
+def test_ranked_classes_and_counterfactual_maps_equal_the_reference(exports, kind):
+    """class_index -r is the r-th class by logit; a counterfactual map is the method
+    on negated gradients (Grad-CAM paper, section 5); in one batch with plain maps."""
+    _, saved, model32, model64 = exports.get(kind)
+    n = model32.num_classes
+    class_index = [-1, -2, -n, -1, -2, 0, n - 1, -1]
+    names = ["gradcam", "gradcam", "hirescam", "gradcam", "layercam", "gradcam++", "xgradcam", "eigengradcam"]
+    counterfactual = [False, False, False, True, True, True, False, True]
+    codes = [reference.METHODS.index(m) + (COUNTERFACTUAL if c else 0) for m, c in zip(names, counterfactual)]
+    images = reference.smooth_images(len(codes), model32.size, seed=31)
+    got = run(saved, images, class_index, codes)
+    wants = [
+        reference.explain_one(model64, images[i], class_index[i], names[i], counterfactual=counterfactual[i])
+        for i in range(len(codes))
+    ]
+    assert sum(w["heatmap_scale"] > 0 for w, c in zip(wants, counterfactual) if c) >= 2, "counterfactual maps exist"
+    for i, want in enumerate(wants):
+        assert_matches_reference(got, i, want)
+    plain = run(saved, images[3:4], [-1], [0])
+    assert not np.allclose(plain["heatmap"][0], got["heatmap"][3]), "a counterfactual map differs from the plain one"
+
+
+def test_out_of_range_ranks_and_codes_give_no_map(exports):
+    _, saved, model32, _ = exports.get("functional")
+    n = model32.num_classes
+    images = reference.smooth_images(4, model32.size, seed=32)
+    got = run(saved, images, [-n - 1, -1, -1, -1], [0, 2 * COUNTERFACTUAL, -COUNTERFACTUAL, COUNTERFACTUAL + len(reference.METHODS)])
+    assert list(got["class_index"]) == [-1] * 4 and not got["heatmap"].any()
+
+
 @pytest.mark.parametrize("kind", ["functional", "softmax_layer", "nested"] + HEADS + SHAPES)
 def test_probabilities_equal_the_models_own_outputs(exports, kind):
     """The original Keras model (float32, not camserve's graph surgery) against the
@@ -102,11 +136,12 @@ def test_metadata_records_the_target_and_methods(exports):
 
 def test_batch_independence(exports):
     """An image's outputs are the same alone and in a batch of 10 different images
-    with different classes and methods per image (every method, one twice)."""
+    with different classes (ranks too) and methods per image (every method, one
+    twice; three counterfactual)."""
     _, saved, _, _ = exports.get("nested")
     images = reference.smooth_images(10, models.SIZE, seed=3)
-    class_index = [-1, 0, 1, 2, 3, 4, -1, 1, 2, -1]
-    method = [*range(len(reference.METHODS)), 0]
+    class_index = [-1, 0, 1, -2, 3, 4, -3, 1, 2, -1]
+    method = [m + (COUNTERFACTUAL if i in (1, 4, 9) else 0) for i, m in enumerate([*range(len(reference.METHODS)), 0])]
     batch = run(saved, images, class_index, method)
     for i in range(10):
         alone = run(saved, images[i : i + 1], class_index[i : i + 1], method[i : i + 1])
@@ -162,7 +197,7 @@ def test_gap_dense_gradcam_is_proportional_to_classic_cam(exports):
 def test_invalid_class_or_method_is_flagged_not_guessed(exports):
     _, saved, _, _ = exports.get("functional")
     images = reference.smooth_images(4, models.SIZE, seed=7)
-    got = run(saved, images, [models.CLASSES, -2, 0, 0], [0, 0, len(reference.METHODS), -1])
+    got = run(saved, images, [models.CLASSES, -models.CLASSES - 1, 0, 0], [0, 0, len(reference.METHODS), -1])
     assert list(got["class_index"]) == [-1, -1, -1, -1]
     assert np.all(got["heatmap"] == 0.0)
     assert np.isfinite(got["logits"]).all()

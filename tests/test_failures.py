@@ -190,3 +190,12 @@ def test_a_savedmodel_without_a_predict_signature_still_answers_predict_only(poi
     logits = np.array([7 * (SIZE * SIZE - 1) / (SIZE * SIZE), 7.0])  # the module's channel means
     assert result.heatmap is None and result.method == "" and result.class_index == 1
     np.testing.assert_allclose(result.probabilities, np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(counterfactual=True), dict(top_k_maps=2), dict(class_index=-2)])
+def test_an_export_without_ranks_or_counterfactuals_says_to_re_export(poisoned_server, options):
+    """Its camserve.json predates class ranks and counterfactual codes, as older exports' do."""
+    with Client(poisoned_server.target, model="poison") as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.explain(image(False), **options)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "re-export" in err.value.details()

@@ -104,6 +104,17 @@ def test_requested_outputs_only(kserve):
     assert result.as_numpy("heatmap") is None
 
 
+def test_ranked_classes_and_counterfactual_maps(kserve, native):
+    images = reference.smooth_images(2, SIZE, seed=45)
+    flags = triton.InferInput("counterfactual", [2], "BOOL")
+    flags.set_data_from_numpy(np.array([True, False]))
+    result = kserve.infer("tiny", [images_input(images), int_input("class_index", [-2, -3]), flags])
+    for i, (rank, counterfactual) in enumerate(((-2, True), (-3, False))):
+        want = native.explain(images[i], class_index=rank, counterfactual=counterfactual)
+        assert result.as_numpy("class_index")[i] == want.class_index
+        np.testing.assert_allclose(result.as_numpy("heatmap")[i], want.heatmap, atol=1e-6)
+
+
 def test_outputs_without_a_heatmap_run_the_predict_signature(server, kserve, native):
     images = reference.smooth_images(3, SIZE, seed=44)
     before = server.metric("camserve_batches_total", model="tiny", signature="predict")

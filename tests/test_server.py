@@ -209,8 +209,8 @@ BAD = {
     "five channels": (dict(image=pb.Image(raw=pb.RawImage(pixels=b"\0" * 20, height=2, width=2, channels=5))), grpc.StatusCode.INVALID_ARGUMENT, "expected 1, 2, 3 or 4"),
     "unknown model": (dict(model="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' is not served here"),
     "unknown version": (dict(version=9), grpc.StatusCode.NOT_FOUND, "version 9 is not loaded"),
-    "class out of range": (dict(class_index=models.CLASSES), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1: top-1): [5]"),
-    "negative class": (dict(class_index=-2), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1: top-1): [-2]"),
+    "class out of range": (dict(class_index=models.CLASSES), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1..-5: the highest class, the next, ...): [5]"),
+    "rank past the classes": (dict(class_index=-6), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1..-5: the highest class, the next, ...): [-6]"),
     "unknown method": (dict(method="lime"), grpc.StatusCode.INVALID_ARGUMENT, "unknown method 'lime'"),
 }
 

@@ -46,7 +46,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("id", "model", "version", "image", "class_index", "method", "top_k", "heatmap_type", "heatmap_original_size", "resize", "return_scores", "timeout_ms", "background")
+    __slots__ = ("id", "model", "version", "image", "class_index", "method", "top_k", "heatmap_type", "heatmap_original_size", "resize", "return_scores", "timeout_ms", "background", "counterfactual", "top_k_maps")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,8 @@ class ExplainRequest(_message.Message):
     RETURN_SCORES_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    COUNTERFACTUAL_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_MAPS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     version: int
@@ -73,7 +75,9 @@ class ExplainRequest(_message.Message):
     return_scores: bool
     timeout_ms: int
     background: int
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: bool = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: bool = ..., timeout_ms: _Optional[int] = ..., background: _Optional[int] = ...) -> None: ...
+    counterfactual: bool
+    top_k_maps: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: bool = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: bool = ..., timeout_ms: _Optional[int] = ..., background: _Optional[int] = ..., counterfactual: bool = ..., top_k_maps: _Optional[int] = ...) -> None: ...
 
 class Class(_message.Message):
     __slots__ = ("index", "label", "probability", "logit")
@@ -136,7 +140,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("id", "model", "version", "explained", "top_k", "logits", "probabilities", "heatmap", "method", "timing", "error", "image_height", "image_width")
+    __slots__ = ("id", "model", "version", "explained", "top_k", "logits", "probabilities", "heatmap", "method", "timing", "error", "image_height", "image_width", "maps")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +154,7 @@ class ExplainResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MAPS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     version: int
@@ -163,7 +168,16 @@ class ExplainResponse(_message.Message):
     error: Error
     image_height: int
     image_width: int
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., explained: _Optional[_Union[Class, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., method: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ...) -> None: ...
+    maps: _containers.RepeatedCompositeFieldContainer[ClassMap]
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., explained: _Optional[_Union[Class, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[Class, _Mapping]]] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., method: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., maps: _Optional[_Iterable[_Union[ClassMap, _Mapping]]] = ...) -> None: ...
+
+class ClassMap(_message.Message):
+    __slots__ = ("explained", "heatmap")
+    EXPLAINED_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    explained: Class
+    heatmap: Heatmap
+    def __init__(self, explained: _Optional[_Union[Class, _Mapping]] = ..., heatmap: _Optional[_Union[Heatmap, _Mapping]] = ...) -> None: ...
 
 class ExplainManyRequest(_message.Message):
     __slots__ = ("requests",)
