@@ -19,8 +19,9 @@ def _size(text: str):
 def add_parser(subparsers):
     p = subparsers.add_parser("export", help="Keras model -> XLA-compiled SavedModel with Grad-CAM")
     p.add_argument("source", help="a .keras/.h5/.hdf5 file, a keras.applications name (resnet50, ...), or 'demo'")
-    p.add_argument("--repo", required=True, help="model repository folder")
-    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--repo", help="model repository folder (required unless --list-layers)")
+    p.add_argument("--name", help="model name in the repository (required unless --list-layers)")
+    p.add_argument("--list-layers", action="store_true", help="print SOURCE's candidate target layers with their output shapes, the default marked, and exit")
     p.add_argument("--version", type=int, help="version to write (default: one more than the highest)")
     p.add_argument("--layer", help="target layer name or dotted path into a nested model (vgg16.block5_conv3)")
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES), help="pixel preprocessing (automatic for applications)")
@@ -38,9 +39,39 @@ def add_parser(subparsers):
     p.set_defaults(run=run)
 
 
+def list_layers(args) -> int:
+    """The layers --layer can name: every 4-D output, with its shape; the default marked."""
+    from . import graph, source
+
+    try:
+        model = source.load(args.source, args.weights, args.input_size, args.custom_objects).model
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"camserve export: error: {err}", file=sys.stderr)
+        return 1
+    found = graph.candidates(model)
+    try:
+        default = ".".join(graph.default_target(model))
+    except graph.TargetLayerError:
+        default = None
+    width = max((len(path) for path, _ in found), default=0)
+    for path, shape in found:
+        h, w, c = shape[1:]
+        note = "  <- default" if path == default else ("  (1x1: no map)" if (h, w) == (1, 1) else "")
+        print(f"{path:<{width}}  {h} x {w} x {c}{note}")
+    if default is None:
+        print(f"camserve export: {model.name!r} has no 4-D layer larger than 1x1 to explain", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args) -> int:
     from .exporter import ExportOptions, export
 
+    if args.list_layers:
+        return list_layers(args)
+    if not args.repo or not args.name:
+        print("camserve export: error: --repo and --name are required (unless --list-layers)", file=sys.stderr)
+        return 2
     options = {k: getattr(args, k) for k in ExportOptions.__dataclass_fields__}
     try:
         path = export(ExportOptions(**options))

@@ -67,6 +67,20 @@ def test_bad_layer_names_the_candidates(capsys, tmp_path):
     assert code == 1 and "not a 4-D feature map larger than 1x1" in err
 
 
+def test_list_layers_prints_the_candidates_with_the_default_marked(capsys, tmp_path):
+    source = tmp_path / "nested.keras"
+    models.nested().model.save(source)
+    code, out, _ = export_cli(capsys, source, "--list-layers")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert "16 x 16 x 12" in rows["vgg.block2_conv2"] and "8 x 8 x 10" in rows["head.head_conv"]
+    assert [path for path, line in rows.items() if "<- default" in line] == [models.nested().target]
+    code, out, _ = export_cli(capsys, "demo", "--list-layers")
+    assert code == 0 and "last_conv" in out and "<- default" in next(line for line in out.splitlines() if line.startswith("last_conv"))
+    code, _, err = export_cli(capsys, "demo")
+    assert code == 2 and "--repo and --name are required" in err
+
+
 def test_model_without_feature_map_is_a_clear_error(capsys, tmp_path):
     inputs = keras.Input((8, 8, 3))
     outputs = layers.Dense(2, activation="softmax")(layers.Flatten()(inputs))
