@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_OUT := out/demo
 
-.PHONY: demo serve test proto bench train-demo clean
+.PHONY: demo evaluate serve test proto bench train-demo clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ demo: $(INSTALLED)
 	rm -rf $(DEMO_OUT)
 	$(BIN)/camserve export demo --repo $(DEMO_OUT)/models --name shapes
 	$(BIN)/python examples/demo.py $(DEMO_OUT)/models --out $(DEMO_OUT)/overlays
+
+# Which CAM method explains the demo model best: faithfulness and localisation on held-out
+# shapes with their boxes (out/demo/evaluation: evaluation.md, curves.png, grid.png).
+evaluate: $(INSTALLED)
+	test -d $(DEMO_OUT)/models/shapes || $(BIN)/camserve export demo --repo $(DEMO_OUT)/models --name shapes
+	$(BIN)/python examples/evaluate_demo.py $(DEMO_OUT)/models --out $(DEMO_OUT)/evaluation
 
 # A long-running server on the demo model: localhost:8500, metrics on :8501.
 serve: $(INSTALLED)

@@ -5,10 +5,7 @@ explains one image at a time. Prints a table and writes JSON.
     python benchmarks/export_throughput.py [--models demo resnet50] [--batches 1 8 32]
 """
 
-import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,12 +17,11 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from seed_gradcam import seed_style_gradcam  # noqa: E402
-from timing import best_of_rounds  # noqa: E402
+from timing import SOURCES, best_of_rounds, run_in_process_benchmark  # noqa: E402
 
 from camserve.export import graph, source  # noqa: E402
 from camserve.export.explainer import Explainer  # noqa: E402
 
-SOURCES = {"demo": ("demo", "imagenet", None), "resnet50": ("resnet50", "none", (224, 224))}
 
 
 def bench_model(name: str, batches, rounds: int, min_seconds: float):
@@ -71,27 +67,5 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(SOURCES), choices=list(SOURCES))
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=2.0, help="minimum seconds per measurement")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "export_throughput.json"))
-    args = parser.parse_args()
-    rows = [row for name in args.models for row in bench_model(name, args.batches, args.rounds, args.seconds)]
-    print(table(rows))
-    report = {
-        "command": "python " + " ".join(sys.argv),
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "tensorflow": tf.__version__,
-        "unit": "images/s",
-        "rows": rows,
-    }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written {args.out}")
-
-
 if __name__ == "__main__":
-    main()
+    run_in_process_benchmark(__doc__, bench_model, table, "export_throughput.json", rounds=3, seconds=2.0)

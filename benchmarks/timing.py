@@ -24,3 +24,42 @@ def best_of_rounds(configs: dict, images: int, rounds: int = 3, min_seconds: flo
         for name, fn in configs.items():
             best[name] = max(best[name], images_per_second(fn, images, min_seconds))
     return best
+
+
+# The in-process benchmarks' models: (source, weights, input size). Weights "imagenet"
+# on the demo model means its own trained weights; resnet50 has none (no download here).
+SOURCES = {"demo": ("demo", "imagenet", None), "resnet50": ("resnet50", "none", (224, 224))}
+
+
+def run_in_process_benchmark(doc: str, bench_model, table, out_name: str, rounds: int, seconds: float):
+    """The command line of an in-process benchmark: bench_model(name, batches, rounds,
+    seconds) -> rows per model, table(rows) printed, the rows written as JSON with
+    the command and the machine."""
+    import argparse
+    import json
+    import os
+    import platform
+    import sys
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seconds", type=float, default=seconds, help="minimum seconds per measurement")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / out_name))
+    args = parser.parse_args()
+    rows = [row for name in args.models for row in bench_model(name, args.batches, args.rounds, args.seconds)]
+    print(table(rows))
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "tensorflow": tf.__version__,
+        "unit": "images/s",
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {args.out}")

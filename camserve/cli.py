@@ -12,7 +12,7 @@ def main(argv=None) -> int:
     # export and serve) is imported when it runs, so the client commands and every
     # --help start at once (tests/test_client_startup.py).
     from camserve.client import cli as client_cli
-    from camserve.client import loadtest_cli
+    from camserve.client import evaluate_cli, loadtest_cli
     from camserve.export import cli as export_cli
     from camserve.server import cli as server_cli
 
@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     server_cli.add_parser(subparsers)
     client_cli.add_parser(subparsers)
     loadtest_cli.add_parser(subparsers)
+    evaluate_cli.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -134,3 +134,18 @@ def write_samples(directory: Path, count: int = 6, seed: int = 7) -> list[Path]:
         cv2.imwrite(str(path), cv2.cvtColor(images[i], cv2.COLOR_RGB2BGR))
         paths.append(path)
     return paths
+
+
+def write_set(directory: Path, count: int, seed: int) -> Path:
+    """``count`` PNGs and ``boxes.csv`` (path,x0,y0,x1,y1,label: where each shape
+    is), for `camserve evaluate --boxes`; returns the CSV's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    images, labels, boxes = generate(count, seed)
+    table = directory / "boxes.csv"
+    with open(table, "w") as f:
+        f.write("path,x0,y0,x1,y1,label\n")
+        for i, (image, label, box) in enumerate(zip(images, labels, boxes)):
+            name = f"{i:04d}_{CLASSES[label]}.png"
+            cv2.imwrite(str(directory / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            f.write(f"{name},{','.join(str(int(v)) for v in box)},{CLASSES[label]}\n")
+    return table

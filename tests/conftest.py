@@ -37,6 +37,16 @@ def exports(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory):
+    """The bundled demo model exported as users get it, as `shapes` in a repository."""
+    from camserve.export.exporter import ExportOptions, export
+
+    repo = tmp_path_factory.mktemp("demo") / "repo"
+    export(ExportOptions(source="demo", repo=str(repo), name="shapes"))
+    return repo
+
+
+@pytest.fixture(scope="session")
 def server_repo(exports, tmp_path_factory):
     """A repository with the functional test model as `tiny`."""
     import shutil

@@ -39,12 +39,21 @@ def probe(*args: str) -> tuple[dict, float]:
 
 
 @pytest.mark.parametrize(
-    "args", [("import",), ("explain", "--help"), ("loadtest", "--help"), ("serve", "--help"), ("export", "--help")]
+    "args",
+    [("import",), ("explain", "--help"), ("loadtest", "--help"), ("evaluate", "--help"), ("serve", "--help"), ("export", "--help")],
 )
 def test_client_import_and_command_help_load_no_heavy_library(args):
     outcome, elapsed = probe(*args)
     assert outcome["loaded"] == [] and outcome["code"] == 0
     assert elapsed < 3.0, f"{' '.join(args)} took {elapsed:.1f}s (TensorFlow alone takes about 4)"
+
+
+def test_evaluate_run_loads_no_heavy_library(tmp_path):
+    """A run as far as the server lets it, here against a port nobody listens on."""
+    image = tmp_path / "image.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    outcome, _ = probe("evaluate", str(image), "--target", f"127.0.0.1:{free_port()}", "--out", str(tmp_path / "out"), "--timeout", "2")
+    assert outcome["loaded"] == [] and outcome["code"] == 1
 
 
 def test_explain_run_loads_no_heavy_library(tmp_path):

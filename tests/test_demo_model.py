@@ -14,10 +14,8 @@ COUNT = 600
 
 
 @pytest.fixture(scope="module")
-def demo_export(tmp_path_factory):
-    from camserve.export.exporter import ExportOptions, export
-
-    path = export(ExportOptions(source="demo", repo=str(tmp_path_factory.mktemp("demo") / "repo"), name="shapes"))
+def demo_export(demo_repo):
+    path = demo_repo / "shapes" / "1"
     return path, tf.saved_model.load(str(path)).signatures["serving_default"]
 
 
