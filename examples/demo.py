@@ -1,6 +1,6 @@
 """The whole loop on the bundled demo model: start `camserve serve` on an
 exported repository, wait until it reports SERVING, explain the sample images
-through `camserve explain`, write overlays, stop the server.
+through `camserve explain`, write overlays (with the localisation box), stop the server.
 
     python examples/demo.py REPO --out DIR
 """
@@ -27,7 +27,7 @@ def main() -> int:
         server.wait_for("SERVING")
         print("SERVING; explaining the samples", flush=True)
         explain = [sys.executable, "-m", "camserve", "explain", *map(str, samples), "--target", server.target]
-        return subprocess.run([*explain, "--out", str(args.out)], check=False).returncode
+        return subprocess.run([*explain, "--out", str(args.out), "--box"], check=False).returncode
     finally:
         code = server.terminate()
         print(f"server stopped (exit {code}); overlays in {args.out}", flush=True)
