@@ -121,6 +121,8 @@ class Explanation:
 
     def heatmap_at(self, width: int, height: int) -> np.ndarray:
         """The map over an image of width x height showing what was sent."""
+        if self.heatmap is None:
+            raise ValueError("this result has no heatmap: it was asked for without one (predict(), heatmap_type 'none')")
         sx, sy = width / self.image_size[1], height / self.image_size[0]
         return geometry.heatmap_to_image(self.heatmap, self.region.scaled(sx, sy), width, height)
 

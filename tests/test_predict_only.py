@@ -37,6 +37,8 @@ def test_predict_only_answers_are_the_keras_models_own(exports, predict_server, 
             result = client.predict(image, return_scores=True, top_k=2)
             np.testing.assert_allclose(result.probabilities, want, rtol=1e-4, atol=1e-6)
             assert result.heatmap is None and result.method == ""
+            with pytest.raises(ValueError, match="no heatmap"):
+                result.box()
             assert result.class_index == int(np.argmax(want)) and result.top_k[0].index == int(np.argmax(want))
             assert result.probability == pytest.approx(float(want.max()), rel=1e-4)
             explained = client.explain(image, return_scores=True)
