@@ -87,7 +87,7 @@ class Client(_Base):
     method (a name the model's metadata lists: "gradcam", "gradcam++", ...), top_k, heatmap_type ("float32",
     "uint8", "none": no heatmap, at the cost of a prediction), counterfactual (the map
     of what speaks against the class), top_k_maps (maps of the k highest classes in
-    .maps), original_size, resize ("stretch", "center_crop", "letterbox"),
+    .maps), layer (one of GetModel's layers, or a fusion "mean"/"max"), original_size, resize ("stretch", "center_crop", "letterbox"),
     return_scores."""
 
     def __init__(self, target, *, model=None, timeout: float | None = 30.0, **connection):

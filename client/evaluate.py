@@ -30,7 +30,7 @@ GRID_IMAGES = 6
 @dataclass
 class Evaluation:
     model: str
-    methods: list[str]  # served methods, then the baselines
+    methods: list[str]  # served methods ("method@layer" for another layer or fusion), then the baselines
     scores: dict[str, list[faithfulness.Scores]] = field(default_factory=dict)
     grid: list[list[np.ndarray]] = field(default_factory=list)  # rows: an image, then its overlay per method
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
@@ -92,9 +92,10 @@ def _chunk(client, model: str, files: list[Path], boxes: dict[str, Box], size, s
     classes = [r.class_index for r in original]  # top-1, which each method below explains too
     probability = [float(r.probabilities[c]) for r, c in zip(original, classes)]
     maps: dict[str, list] = {}
-    for method in result.methods[: len(result.methods) - len(faithfulness.BASELINES)]:
-        explained = _answered(client.explain_many(canvases, per_call=CHUNK, model=model, method=method))
-        maps[method] = [r.heatmap_at(size[1], size[0]) for r in explained]
+    for name in result.methods[: len(result.methods) - len(faithfulness.BASELINES)]:
+        method, _, layer = name.partition("@")
+        explained = _answered(client.explain_many(canvases, per_call=CHUNK, model=model, method=method, layer=layer or None))
+        maps[name] = [r.heatmap_at(size[1], size[0]) for r in explained]
     for name in faithfulness.BASELINES:
         maps[name] = [faithfulness.baseline_map(name, *size, np.random.default_rng(i)) for i in range(len(canvases))]
 

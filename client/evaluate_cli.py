@@ -16,6 +16,7 @@ def add_parser(subparsers):
     p.add_argument("--out", required=True, type=Path, help="folder for evaluation.json, evaluation.md, curves.png, grid.png")
     p.add_argument("--model", help="model name (default: the server's only model)")
     p.add_argument("--methods", nargs="+", help="methods to compare (default: every method the model offers)")
+    p.add_argument("--layers", nargs="+", help="compare each method at these target layers or fusions (default: the model's default layer)")
     p.add_argument("--boxes", type=Path, help="CSV path,x0,y0,x1,y1 of the object in each image: adds pointing game and localisation")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -49,11 +50,14 @@ def run(args) -> int:
     try:
         with Client(args.target, timeout=args.timeout, **connection.from_arguments(args)) as client:
             model = args.model or _only_model(client)
-            methods = args.methods or list(client.get_model(model).methods)
-            unknown = sorted(set(methods) - set(client.get_model(model).methods))
+            info = client.get_model(model)
+            methods = args.methods or list(info.methods)
+            unknown = sorted(set(methods) - set(info.methods)) + sorted(set(args.layers or []) - {*info.layers, *info.fusions})
             if unknown:
                 print(f"camserve evaluate: {model} does not offer {', '.join(unknown)}", file=sys.stderr)
                 return 2
+            if args.layers:
+                methods = [f"{method}@{layer}" for method in methods for layer in args.layers]
             result = evaluate.evaluate(client, model, files, boxes, methods, args.steps, status)
     except grpc.RpcError as err:
         status.close()

@@ -52,6 +52,7 @@ def request_options(
     background=None,
     counterfactual=False,
     top_k_maps=0,
+    layer=None,
 ) -> pb.ExplainRequest:
     """An ExplainRequest with everything but its image and id, checked once for a
     whole stream; `timeout` (seconds) becomes the image's own timeout_ms;
@@ -68,6 +69,7 @@ def request_options(
         return_scores=return_scores,
         counterfactual=counterfactual,
         top_k_maps=top_k_maps,
+        layer=layer or "",
     )
     if class_index is not None:
         request.class_index = class_index

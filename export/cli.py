@@ -23,7 +23,11 @@ def add_parser(subparsers):
     p.add_argument("--name", help="model name in the repository (required unless --list-layers)")
     p.add_argument("--list-layers", action="store_true", help="print SOURCE's candidate target layers with their output shapes, the default marked, and exit")
     p.add_argument("--version", type=int, help="version to write (default: one more than the highest)")
-    p.add_argument("--layer", help="target layer name or dotted path into a nested model (vgg16.block5_conv3)")
+    p.add_argument(
+        "--layer", action="append",
+        help="target layer name or dotted path into a nested model (vgg16.block5_conv3); repeat it for maps at several "
+        "layers (the first is the default; requests pick one or fuse them)",
+    )
     p.add_argument("--preprocess", choices=sorted(PREPROCESS_MODES), help="pixel preprocessing (automatic for applications)")
     p.add_argument("--labels", help="text file with one class name per line")
     p.add_argument("--weights", default="imagenet", help="for applications: imagenet, none, or a weights file")

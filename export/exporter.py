@@ -14,7 +14,7 @@ import tensorflow as tf
 from camserve.progress import Steps
 
 from . import graph, repository, source
-from .explainer import COUNTERFACTUAL, Explainer
+from .explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
 from .methods import NAMES
 from .module import CamModule
 from .preprocess import MODES, preprocess
@@ -31,7 +31,7 @@ class ExportOptions:
     repo: str
     name: str
     version: int | None = None
-    layer: str | None = None
+    layer: str | list[str] | None = None  # several: the first is the default, the others on request
     preprocess: str | None = None
     labels: str | None = None
     weights: str = "imagenet"
@@ -64,6 +64,15 @@ def _classes(opts: ExportOptions, src: source.Source, num_classes: int):
     return classes
 
 
+def _targets(model, layers) -> list[tuple[str, ...]]:
+    """The target layers' paths, the default first; each named once."""
+    specs = [layers] if layers is None or isinstance(layers, str) else list(layers)
+    targets = [graph.resolve_target(model, spec) for spec in specs]
+    if len(set(targets)) < len(targets):
+        raise ExportError(f"a --layer is given twice: {', '.join('.'.join(t) for t in targets)}")
+    return targets
+
+
 def _preprocess_mode(opts: ExportOptions, src: source.Source) -> str:
     mode = opts.preprocess or src.preprocess
     if mode is None:
@@ -90,11 +99,12 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         src = source.load(opts.source, opts.weights, opts.input_size, opts.custom_objects)
         mode = _preprocess_mode(opts, src)
         input_size, channels = _input_geometry(src.model, opts.input_size)
-        target = graph.resolve_target(src.model, opts.layer)
+        targets = _targets(src.model, opts.layer)
         head = graph.head(src.model, opts.head)
-        explainer = Explainer(graph.split(src.model, target, head), mode, channels, head.kind)
+        explainer = Explainer([graph.split(src.model, t, head) for t in targets], mode, channels, head.kind)
         module = CamModule(src.model, explainer, input_size, opts.xla)
-        steps.say(f"      target layer {'.'.join(target)}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
+        names = ", ".join(".".join(t) for t in targets)
+        steps.say(f"      target layer{'s' if len(targets) > 1 else ''} {names}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
         read = "the scores before" if head.stripped else "the output of"
         steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")
 
@@ -107,8 +117,9 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         steps.say(f"      {num_classes} classes, feature map {feature_size[0]}x{feature_size[1]}")
 
     with steps.step(f"compile{' with XLA' if opts.xla else ''}, compare with the model's own outputs"):
-        images, class_index, method = sample_inputs(input_size, num_classes)
+        images, class_index, method = sample_inputs(input_size, num_classes, len(targets))
         outputs = module.explain(images, class_index, method)
+        layer_sizes = explainer.layer_sizes(images)
         module.predict(images)
         original = src.model(preprocess(images, mode, channels), training=False)
         check_outputs(head, outputs, original)
@@ -125,13 +136,15 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
             "preprocess": mode,
             "head": head.kind,
             "xla": opts.xla,
-            "target_layer": ".".join(target),
+            "target_layer": ".".join(targets[0]),
+            "layers": [{"name": ".".join(t), "feature_size": list(hw)} for t, hw in zip(targets, layer_sizes)],
             "feature_size": feature_size,
             "num_classes": num_classes,
             "methods": list(NAMES),
             # What class_index and method codes mean beyond 0..C-1 and -1 (explainer.py).
             "class_ranks": True,
             "counterfactual_code": COUNTERFACTUAL,
+            **({"layer_code": LAYER_CODE, "fusions": list(FUSIONS)} if len(targets) > 1 else {}),
             "classes": classes,
             "source": src.description,
             "tensorflow": tf.__version__,
@@ -142,7 +155,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
 
     with steps.step("verify against a float64 reference"):
         if opts.verify:
-            _check(staging, src.model, target, mode, channels, input_size, opts.head, steps)
+            _check(staging, src.model, targets, mode, channels, input_size, opts.head, steps)
         else:
             steps.say("      skipped (--no-verify)")
 
@@ -152,9 +165,9 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
     return final
 
 
-def _check(staging, model, target, mode, channels, input_size, head, steps):
+def _check(staging, model, targets, mode, channels, input_size, head, steps):
     try:
-        report = verify(staging, model, target, mode, channels, input_size, head)
+        report = verify(staging, model, targets, mode, channels, input_size, head)
     except VerificationError:
         shutil.rmtree(staging, ignore_errors=True)
         raise

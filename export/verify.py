@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .explainer import COUNTERFACTUAL, Explainer
+from .explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
 from .graph import Head, split
 from .graph import head as find_head
 from .heads import HeadError
@@ -45,16 +45,19 @@ def as_float64(model: keras.Model) -> keras.Model:
     return twin
 
 
-def sample_inputs(input_size, num_classes: int, count: int = len(METHODS), seed: int = 0):
+def sample_inputs(input_size, num_classes: int, layers: int = 1, count: int = len(METHODS) + 3, seed: int = 0):
     """Smooth random images (structured activations, unlike white noise) with
     top-1, runner-up and explicit classes and, one an image, every method (every
-    third one counterfactual)."""
+    third one counterfactual) and, with several layers, every layer and fusion."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, size=(count, 8, 8, 3)).astype(np.float32)
     images = tf.image.resize(coarse, input_size).numpy()
     images = np.clip(images + rng.normal(0, 12, images.shape), 0, 255).astype(np.uint8)
     class_index = np.resize(np.array([-1, 0, num_classes - 1, -2, num_classes // 2, -1], np.int32), count)
-    method = (np.arange(count) % len(METHODS) + np.where(np.arange(count) % 3 == 2, COUNTERFACTUAL, 0)).astype(np.int32)
+    method = np.arange(count) % len(METHODS) + np.where(np.arange(count) % 3 == 2, COUNTERFACTUAL, 0)
+    if layers > 1:
+        method = method + LAYER_CODE * (np.arange(count) % (layers + len(FUSIONS)))
+    method = method.astype(np.int32)
     return images, class_index, method
 
 
@@ -103,16 +106,17 @@ def _looks_like_probabilities(outputs: np.ndarray) -> bool:
     )
 
 
-def verify(saved_model_dir, model, target_path, preprocess_mode, channels, input_size, head=None) -> Report:
+def verify(saved_model_dir, model, target_paths, preprocess_mode, channels, input_size, head=None) -> Report:
     """`head` is the --head override, if any."""
     explain = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
     num_classes = int(explain.structured_outputs["logits"].shape[-1])
-    images, class_index, method = sample_inputs(input_size, num_classes)
+    images, class_index, method = sample_inputs(input_size, num_classes, len(target_paths))
     got = {k: v.numpy() for k, v in explain(images=images, class_index=class_index, method=method).items()}
 
     twin = as_float64(model)
     twin_head = find_head(twin, head)
-    reference = Explainer(split(twin, target_path, twin_head), preprocess_mode, channels, twin_head.kind, tf.float64)
+    forwards = [split(twin, path, twin_head) for path in target_paths]
+    reference = Explainer(forwards, preprocess_mode, channels, twin_head.kind, tf.float64)
     want = {k: v.numpy() for k, v in reference.explain(images, class_index, method).items()}
     if not np.array_equal(got["class_index"], want["class_index"]):
         # Near-ties in top-1 can flip between float32 and float64; say so rather than compare maps of other classes.

@@ -33,10 +33,13 @@ class Prepared:
     top_k: int
 
 
-def check_targets(model: ServedModel, class_index: list[int], method: list[int], counterfactual: list[bool] | None = None) -> list[int]:
-    """Per-image class indices (-r: the r-th highest class), method indices and
-    counterfactual flags, for every API (Python ints: numpy on a few values costs
-    more than the check); returns the method codes the export takes."""
+def check_targets(
+    model: ServedModel, class_index: list[int], method: list[int], counterfactual: list[bool] | None = None, layer: list[int] | None = None
+) -> list[int]:
+    """Per-image class indices (-r: the r-th highest class), method indices,
+    counterfactual flags and layer choices (an index into layers + fusions), for
+    every API (Python ints: numpy on a few values costs more than the check);
+    returns the method codes the export takes (export/explainer.py)."""
     lowest = -model.num_classes if model.class_ranks else -1
     if any(not lowest <= c < model.num_classes for c in class_index):
         if not model.class_ranks and any(c < -1 for c in class_index):
@@ -45,6 +48,11 @@ def check_targets(model: ServedModel, class_index: list[int], method: list[int],
         raise invalid(f"class_index out of range for {model.num_classes} classes ({ranks}): {class_index}")
     if any(not 0 <= m < len(model.methods) for m in method):
         raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method}")
+    if layer and any(layer):
+        choices = [*model.layers, *model.fusions]
+        if any(not 0 <= each < len(choices) for each in layer):
+            raise invalid(f"layer codes are 0..{len(choices) - 1} ({', '.join(choices)}): {layer}")
+        method = [m + model.layer_code * each for m, each in zip(method, layer)]
     if not counterfactual or not any(counterfactual):
         return method
     if model.counterfactual_code is None:
@@ -65,7 +73,12 @@ def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
     if request.heatmap_type == pb.HEATMAP_NONE and (maps > 1 or request.counterfactual):
         raise invalid("a predict-only request (heatmap type NONE) has no map for top_k_maps or counterfactual")
     classes = [-rank for rank in range(1, maps + 1)] if maps > 1 else [request.class_index if request.HasField("class_index") else -1]
-    codes = check_targets(model, classes, [method] * len(classes), [request.counterfactual] * len(classes))
+    choices = [*model.layers, *model.fusions]
+    if request.layer and request.layer not in choices:
+        raise invalid(f"unknown layer {request.layer!r}; {model.name} offers {', '.join(choices)}")
+    layer = choices.index(request.layer) if request.layer else 0
+    n = len(classes)
+    codes = check_targets(model, classes, [method] * n, [request.counterfactual] * n, [layer] * n)
     if request.resize not in (geometry.STRETCH, geometry.CENTER_CROP, geometry.LETTERBOX):
         raise invalid(f"unknown resize mode {request.resize}")
     if request.heatmap_type not in (pb.HEATMAP_FLOAT32, pb.HEATMAP_UINT8, pb.HEATMAP_NONE):

@@ -10,7 +10,7 @@ Metadata and ModelConfig advertise `images` only: perf_analyzer fills every
 input it is told of with random data, and random class indices and method
 codes would be refused, so a default `perf_analyzer -m MODEL` run must not see
 them. `class_index` (-r: the r-th highest class), `method`, `counterfactual`
-(INT32 or BOOL) and the alternative `image_bytes` are accepted
+(INT32 or BOOL), `layer` and the alternative `image_bytes` are accepted
 all the same (tritonclient users send them by name); ModelConfig's
 `parameters` list them for tools that look.
 """
@@ -138,10 +138,13 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                         ("head", model.head),
                         ("target_layer", model.metadata["target_layer"]),
                         ("methods", ",".join(model.methods)),
+                        ("layers", ",".join(model.layers)),
+                        ("fusions", ",".join(model.fusions)),
                         (
                             "optional_inputs",
                             "class_index INT32 [N] (-r: the r-th highest class), method INT32 [N], "
-                            "counterfactual INT32 or BOOL [N], image_bytes BYTES [N]",
+                            "counterfactual INT32 or BOOL [N], layer INT32 [N] (an index into layers, then fusions), "
+                            "image_bytes BYTES [N]",
                         ),
                     )
                 },
@@ -247,7 +250,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
 def image_inputs(model: ServedModel, request, limits: Limits):
     """([(prepare function, inline)] per image, class indices, method codes), all validated."""
     tensors = decode_inputs(request)
-    known = {"images", "image_bytes", "class_index", "method", "counterfactual"}
+    known = {"images", "image_bytes", "class_index", "method", "counterfactual", "layer"}
     if set(tensors) - known:
         raise invalid(f"unknown input(s) {sorted(set(tensors) - known)}; inputs are {', '.join(sorted(known))}")
     if ("images" in tensors) == ("image_bytes" in tensors):
@@ -272,6 +275,7 @@ def image_inputs(model: ServedModel, request, limits: Limits):
     class_index = _per_image(tensors, "class_index", n, -1)
     method = _per_image(tensors, "method", n, model.methods.index(model.default_method))
     counterfactual = [bool(flag) for flag in _per_image(tensors, "counterfactual", n, 0, kinds="ib")]
-    method = check_targets(model, class_index, method, counterfactual)
+    layer = _per_image(tensors, "layer", n, 0)
+    method = check_targets(model, class_index, method, counterfactual, layer)
     return [(functools.partial(fit, p, model), inline) for p in pixels], class_index, method
 

@@ -39,6 +39,10 @@ class ServedModel:
         # Exports before class ranks and counterfactual maps have neither (export/explainer.py).
         self.class_ranks = bool(self.metadata.get("class_ranks"))
         self.counterfactual_code = self.metadata.get("counterfactual_code")
+        # Target layers (the default first) and fusions of their maps; one layer before exports had several.
+        self.layers = [layer["name"] for layer in self.metadata.get("layers", [])] or [self.metadata["target_layer"]]
+        self.fusions = list(self.metadata.get("fusions", []))
+        self.layer_code = self.metadata.get("layer_code")
         self.classes = self.metadata.get("classes") or []
         self.head = self.metadata.get("head", "softmax")  # exports before heads had softmax only
         self.default_method = config.default_method or self.methods[0]

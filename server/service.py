@@ -36,6 +36,8 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         tensorflow=meta.get("tensorflow", ""),
         keras=meta.get("keras", ""),
         head=model.head,
+        layers=model.layers,
+        fusions=model.fusions,
     )
 
 

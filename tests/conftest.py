@@ -14,7 +14,8 @@ class Exports:
         self.repo = repo
         self._done = {}
 
-    def get(self, kind: str, seed: int = 0, transform=None, key=None):
+    def get(self, kind: str, seed: int = 0, transform=None, key=None, more_layers=()):
+        """`more_layers`: target layers exported after the model's own (test_model.layers)."""
         key = key or kind
         if key not in self._done:
             import tensorflow as tf
@@ -25,7 +26,9 @@ class Exports:
             source = self.repo.parent / f"{key}.keras"
             model32.model.save(source)
             path = export(
-                ExportOptions(source=str(source), repo=str(self.repo), name=key, preprocess="scale", layer=model32.target)
+                ExportOptions(
+                    source=str(source), repo=str(self.repo), name=key, preprocess="scale", layer=[model32.target, *more_layers]
+                )
             )
             self._done[key] = (path, tf.saved_model.load(str(path)), model32, model64)
         return self._done[key]

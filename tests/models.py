@@ -3,7 +3,7 @@
 the layers one by one and computes the final Dense's affine part itself, never
 going through camserve's graph surgery."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import keras
@@ -24,6 +24,8 @@ class TestModel:
     head: str = "softmax"
     size: tuple = (SIZE, SIZE)  # (H, W)
     channels: int = 3
+    # Other target layers: name -> (features, logits) split there instead.
+    layers: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -93,7 +95,12 @@ def functional(dtype="float32", end="dense_softmax", size=(SIZE, SIZE), channels
         logits = _chain(logits, lambda z: tf.concat([-z, z], axis=-1))
     if end == "relu_logits":
         logits = _chain(logits, tf.nn.relu)
-    return TestModel(model, features, logits, "block_out", head or "refused", size, channels)
+
+    def after_conv1(a):  # the rest of the graph from conv1's output (twice block_out's resolution)
+        h = pool(a)
+        return logits(relu(add([h, conv2(h)])))
+
+    return TestModel(model, features, logits, "block_out", head or "refused", size, channels, {"conv1": (conv1, after_conv1)})
 
 
 def sequential(dtype="float32"):

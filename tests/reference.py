@@ -58,18 +58,50 @@ def method_map(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
 LUMINANCE = np.array([0.2989, 0.5870, 0.1140])  # ITU-R 601, as tf.image.rgb_to_grayscale
 
 
-def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, scale=1 / 255.0, counterfactual=False):
+def resize_bilinear(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[h,w] -> [height,width], bilinear between pixel centres, edges clamped (what
+    tf.image.resize does without antialiasing), written out in float64."""
+    h, w = values.shape
+    ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = values[y0][:, x0] * (1 - wx) + values[y0][:, x1] * wx
+    bottom = values[y1][:, x0] * (1 - wx) + values[y1][:, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def explain_layers(test_model, pixels, class_index: int, method: str, layers: list, choice, counterfactual=False):
+    """An export with several target layers: `layers` as exported (None: the model's
+    target), `choice` one of them or "mean"/"max" of every layer's map scaled to 1;
+    maps at the finest layer's size."""
+    each = [explain_one(test_model, pixels, class_index, method, counterfactual=counterfactual, layer=layer) for layer in layers]
+    size = max((e["raw"].shape for e in each), key=lambda hw: hw[0] * hw[1])
+    maps = [resize_bilinear(e["raw"], *size) for e in each]
+    if choice in ("mean", "max"):
+        scaled = [m / m.max() if m.max() > 0 else m for m in maps]
+        cam = np.mean(scaled, axis=0) if choice == "mean" else np.max(scaled, axis=0)
+    else:
+        cam = maps[layers.index(choice)]
+    peak = cam.max()
+    return {**each[0], "heatmap": cam / peak if peak > 0 else np.zeros_like(cam), "heatmap_scale": peak}
+
+
+def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, scale=1 / 255.0, counterfactual=False, layer=None):
     """Outputs for one uint8 image [H,W,3], model inputs = pixels * scale
     (luminance for a 1-channel model). class_index -r is the r-th highest logit;
-    a counterfactual map is the method on the negated gradients."""
+    a counterfactual map is the method on the negated gradients; `layer` one of
+    test_model.layers (None: its target)."""
     x = pixels.astype(np.float64)
     if test_model.channels == 1:
         x = (x @ LUMINANCE)[..., None]
     x = tf.constant(x[None] * scale)
-    activations = test_model.features(x)
+    features, to_logits = test_model.layers[layer] if layer else (test_model.features, test_model.logits)
+    activations = features(x)
     with tf.GradientTape() as tape:
         tape.watch(activations)
-        logits = test_model.logits(activations)
+        logits = to_logits(activations)
         ranked = np.argsort(-logits.numpy()[0], kind="stable")
         chosen = int(ranked[-class_index - 1]) if class_index < 0 else class_index
         score = logits[0, chosen]
@@ -88,6 +120,7 @@ def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, s
         "class_index": chosen,
         "heatmap": cam / peak if peak > 0 else np.zeros_like(cam),
         "heatmap_scale": peak,
+        "raw": cam,
     }
 
 

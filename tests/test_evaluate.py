@@ -91,3 +91,15 @@ def test_evaluate_refuses_what_it_cannot_do(demo_server, tmp_path):
     assert nothing.returncode == 2 and "no images" in nothing.stderr
     bad = evaluate("few", "--boxes", str(tmp_path / "bad.csv"))
     assert bad.returncode == 2 and "cannot read boxes" in bad.stderr
+    no_layer = evaluate("few", "--layers", "nope")
+    assert no_layer.returncode == 2 and "does not offer nope" in no_layer.stderr
+
+
+def test_evaluate_compares_methods_at_named_layers(demo_server, tmp_path):
+    shapes.write_set(tmp_path / "few", 2, HELD_OUT_SEED)
+    command = [sys.executable, "-m", "camserve", "evaluate", str(tmp_path / "few"), "--target", demo_server.target]
+    command += ["--methods", "gradcam", "layercam", "--layers", "last_conv", "--steps", "2", "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "out" / "evaluation.json").read_text())["methods"]
+    assert list(rows) == ["gradcam@last_conv", "layercam@last_conv", "random", "centre"]

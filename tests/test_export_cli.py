@@ -154,7 +154,7 @@ def test_verification_catches_a_model_that_disagrees(exports):
     path, _, _, _ = exports.get("functional")
     # Logits 5% larger: same top-1 classes, so the comparison itself must notice.
     other, _ = models.build("functional", transform=lambda w: [*w[:-2], w[-2] * 1.05, w[-1] * 1.05])
-    report = verify(path, other.model, ("block_out",), "scale", 3, (models.SIZE, models.SIZE))
+    report = verify(path, other.model, [("block_out",)], "scale", 3, (models.SIZE, models.SIZE))
     assert not report.ok and report.logits_error == pytest.approx(0.05 / 1.05, rel=1e-3)
 
 

@@ -84,6 +84,39 @@ def test_ranked_classes_and_counterfactual_maps_equal_the_reference(exports, kin
     assert not np.allclose(plain["heatmap"][0], got["heatmap"][3]), "a counterfactual map differs from the plain one"
 
 
+LAYER_CODE = 512  # camserve.json's layer_code
+
+
+@pytest.mark.parametrize("kind", ["functional", "wide", "gray"])
+def test_a_batch_of_layers_and_fusions_equals_the_reference(exports, kind):
+    """An export with two target layers (block_out 1/2 and conv1 at full resolution):
+    per image either layer or their mean or max, with its own method and class, in
+    one batch; every map at the finest layer's size."""
+    _, saved, model32, model64 = exports.get(kind, key=f"{kind}_layers", more_layers=["conv1"])
+    choices = [None, "conv1", "mean", "max"]
+    layer_code = [0, 1, 2, 3]
+    names = ["gradcam", "layercam", "gradcam++", "hirescam", "layercam", "gradcam", "eigencam", "xgradcam"]
+    class_index = [-1, 0, -2, model32.num_classes - 1, -1, 2, -1, -2]
+    counterfactual = [False, False, False, False, True, False, False, True]
+    pick = [i % 4 for i in range(8)]
+    codes = [
+        reference.METHODS.index(m) + (COUNTERFACTUAL if c else 0) + LAYER_CODE * layer_code[k]
+        for m, c, k in zip(names, counterfactual, pick)
+    ]
+    images = reference.smooth_images(8, model32.size, seed=33)
+    got = run(saved, images, class_index, codes)
+    assert got["heatmap"].shape[1:] == tuple(model32.size)
+    for i in range(8):
+        want = reference.explain_layers(
+            model64, images[i], class_index[i], names[i], [None, "conv1"], choices[pick[i]], counterfactual=counterfactual[i]
+        )
+        assert_matches_reference(got, i, want)
+    single = run(saved, images[:2], [-1, -1], [0, LAYER_CODE])
+    assert not np.allclose(single["heatmap"][0], single["heatmap"][1]), "the layers' maps differ"
+    bad = run(saved, images[:2], [-1, -1], [4 * LAYER_CODE, -LAYER_CODE])
+    assert list(bad["class_index"]) == [-1, -1] and not bad["heatmap"].any()
+
+
 def test_out_of_range_ranks_and_codes_give_no_map(exports):
     _, saved, model32, _ = exports.get("functional")
     n = model32.num_classes

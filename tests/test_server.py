@@ -355,3 +355,42 @@ def test_targets_that_cannot_be_met_are_invalid_argument(client, options, messag
         client.explain(image, **options)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details()
     assert client.explain(image).heatmap is not None, "the server is fine afterwards"
+
+
+# Maps at several target layers: one export, a layer or a fusion per request.
+LAYER_CODE = 512  # camserve.json's layer_code
+
+
+@pytest.fixture(scope="module")
+def layered(exports, tmp_path_factory):
+    """The functional test model exported with block_out (the default) and conv1."""
+    import shutil
+
+    from camserve.server.process import serving
+
+    path, saved, *_ = exports.get("functional", key="functional_layers", more_layers=["conv1"])
+    repo = tmp_path_factory.mktemp("layered") / "repo"
+    shutil.copytree(path, repo / "layered" / "1")
+    with serving(repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "8") as process:
+        with Client(process.target, model="layered") as c:
+            yield c, saved.signatures["serving_default"]
+
+
+def test_a_request_picks_a_layer_or_a_fusion(layered, client):
+    layered_client, explain = layered
+    info = layered_client.get_model("layered")
+    assert list(info.layers) == ["block_out", "conv1"] and list(info.fusions) == ["mean", "max"]
+    assert (info.feature_height, info.feature_width) == (SIZE, SIZE), "maps come at the finest layer's size"
+    image = reference.smooth_images(1, SIZE, seed=64)[0]
+    for code, layer in enumerate([None, "conv1", "mean", "max"]):
+        result = layered_client.explain(image, method="layercam", layer=layer, class_index=-2)
+        want = local_one(explain, image, -2, METHOD_NAMES.index("layercam") + LAYER_CODE * code)
+        assert result.class_index == want["class_index"]
+        np.testing.assert_allclose(result.heatmap, want["heatmap"], atol=1e-6)
+    with pytest.raises(grpc.RpcError) as err:
+        layered_client.explain(image, layer="conv9")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "block_out, conv1, mean, max" in err.value.details()
+    assert client.explain(image, layer="block_out").heatmap is not None, "a one-layer model takes its own layer's name"
+    with pytest.raises(grpc.RpcError) as err:
+        client.explain(image, layer="mean")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "offers block_out" in err.value.details()

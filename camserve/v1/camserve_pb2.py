@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61mserve/v1/camserve.proto\x12\x0b\x63\x61mserve.v1\"K\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"H\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.camserve.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"\x9f\x03\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12!\n\x05image\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Image\x12\x18\n\x0b\x63lass_index\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\r\n\x05top_k\x18\x07 \x01(\r\x12.\n\x0cheatmap_type\x18\x08 \x01(\x0e\x32\x18.camserve.v1.HeatmapType\x12\x1d\n\x15heatmap_original_size\x18\t \x01(\x08\x12\'\n\x06resize\x18\n \x01(\x0e\x32\x17.camserve.v1.ResizeMode\x12\x15\n\rreturn_scores\x18\x0b \x01(\x08\x12\x12\n\ntimeout_ms\x18\x0c \x01(\r\x12\x17\n\nbackground\x18\r \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0e\x63ounterfactual\x18\x0e \x01(\x08\x12\x12\n\ntop_k_maps\x18\x0f \x01(\rB\x0e\n\x0c_class_indexB\r\n\x0b_background\"I\n\x05\x43lass\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\r\n\x05logit\x18\x04 \x01(\x02\"8\n\x06Region\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"\x92\x01\n\x07Heatmap\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12&\n\x04type\x18\x03 \x01(\x0e\x32\x18.camserve.v1.HeatmapType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05scale\x18\x05 \x01(\x02\x12#\n\x06region\x18\x06 \x01(\x0b\x32\x13.camserve.v1.Region\"T\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfd\x02\n\x0f\x45xplainResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12%\n\texplained\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Class\x12!\n\x05top_k\x18\x05 \x03(\x0b\x32\x12.camserve.v1.Class\x12\x0e\n\x06logits\x18\x06 \x03(\x02\x12\x15\n\rprobabilities\x18\x07 \x03(\x02\x12%\n\x07heatmap\x18\x08 \x01(\x0b\x32\x14.camserve.v1.Heatmap\x12\x0e\n\x06method\x18\t \x01(\t\x12#\n\x06timing\x18\n \x01(\x0b\x32\x13.camserve.v1.Timing\x12!\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.camserve.v1.Error\x12\x14\n\x0cimage_height\x18\x0c \x01(\r\x12\x13\n\x0bimage_width\x18\r \x01(\r\x12#\n\x04maps\x18\x0e \x03(\x0b\x32\x15.camserve.v1.ClassMap\"X\n\x08\x43lassMap\x12%\n\texplained\x18\x01 \x01(\x0b\x32\x12.camserve.v1.Class\x12%\n\x07heatmap\x18\x02 \x01(\x0b\x32\x14.camserve.v1.Heatmap\"C\n\x12\x45xplainManyRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.camserve.v1.ExplainRequest\"F\n\x13\x45xplainManyResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.camserve.v1.ExplainResponse\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xe0\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0cinput_height\x18\x03 \x01(\r\x12\x13\n\x0binput_width\x18\x04 \x01(\r\x12\x12\n\npreprocess\x18\x05 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x06 \x01(\t\x12\x16\n\x0e\x66\x65\x61ture_height\x18\x07 \x01(\r\x12\x15\n\rfeature_width\x18\x08 \x01(\r\x12\x0f\n\x07methods\x18\t \x03(\t\x12\x0f\n\x07\x63lasses\x18\n \x03(\t\x12\x13\n\x0bnum_classes\x18\x0b \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\r \x03(\r\x12\r\n\x05state\x18\x0e \x01(\t\x12\x12\n\ntensorflow\x18\x0f \x01(\t\x12\r\n\x05keras\x18\x10 \x01(\t\x12\x0c\n\x04head\x18\x11 \x01(\t\x12\x14\n\x0cstate_reason\x18\x12 \x01(\t*G\n\x0bHeatmapType\x12\x13\n\x0fHEATMAP_FLOAT32\x10\x00\x12\x11\n\rHEATMAP_UINT8\x10\x01\x12\x10\n\x0cHEATMAP_NONE\x10\x02*N\n\nResizeMode\x12\x12\n\x0eRESIZE_STRETCH\x10\x00\x12\x16\n\x12RESIZE_CENTER_CROP\x10\x01\x12\x14\n\x10RESIZE_LETTERBOX\x10\x02\x32\x83\x03\n\x08\x43\x61mServe\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12N\n\rExplainStream\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse(\x01\x30\x01\x12P\n\x0b\x45xplainMany\x12\x1f.camserve.v1.ExplainManyRequest\x1a .camserve.v1.ExplainManyResponse\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61mserve/v1/camserve.proto\x12\x0b\x63\x61mserve.v1\"K\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"H\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12$\n\x03raw\x18\x02 \x01(\x0b\x32\x15.camserve.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"\xae\x03\n\x0e\x45xplainRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12!\n\x05image\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Image\x12\x18\n\x0b\x63lass_index\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\r\n\x05top_k\x18\x07 \x01(\r\x12.\n\x0cheatmap_type\x18\x08 \x01(\x0e\x32\x18.camserve.v1.HeatmapType\x12\x1d\n\x15heatmap_original_size\x18\t \x01(\x08\x12\'\n\x06resize\x18\n \x01(\x0e\x32\x17.camserve.v1.ResizeMode\x12\x15\n\rreturn_scores\x18\x0b \x01(\x08\x12\x12\n\ntimeout_ms\x18\x0c \x01(\r\x12\x17\n\nbackground\x18\r \x01(\rH\x01\x88\x01\x01\x12\x16\n\x0e\x63ounterfactual\x18\x0e \x01(\x08\x12\x12\n\ntop_k_maps\x18\x0f \x01(\r\x12\r\n\x05layer\x18\x10 \x01(\tB\x0e\n\x0c_class_indexB\r\n\x0b_background\"I\n\x05\x43lass\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x12\r\n\x05logit\x18\x04 \x01(\x02\"8\n\x06Region\x12\n\n\x02x0\x18\x01 \x01(\x02\x12\n\n\x02y0\x18\x02 \x01(\x02\x12\n\n\x02x1\x18\x03 \x01(\x02\x12\n\n\x02y1\x18\x04 \x01(\x02\"\x92\x01\n\x07Heatmap\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12&\n\x04type\x18\x03 \x01(\x0e\x32\x18.camserve.v1.HeatmapType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05scale\x18\x05 \x01(\x02\x12#\n\x06region\x18\x06 \x01(\x0b\x32\x13.camserve.v1.Region\"T\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x02\x12\x12\n\ncompute_ms\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08total_ms\x18\x04 \x01(\x02\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfd\x02\n\x0f\x45xplainResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12%\n\texplained\x18\x04 \x01(\x0b\x32\x12.camserve.v1.Class\x12!\n\x05top_k\x18\x05 \x03(\x0b\x32\x12.camserve.v1.Class\x12\x0e\n\x06logits\x18\x06 \x03(\x02\x12\x15\n\rprobabilities\x18\x07 \x03(\x02\x12%\n\x07heatmap\x18\x08 \x01(\x0b\x32\x14.camserve.v1.Heatmap\x12\x0e\n\x06method\x18\t \x01(\t\x12#\n\x06timing\x18\n \x01(\x0b\x32\x13.camserve.v1.Timing\x12!\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x12.camserve.v1.Error\x12\x14\n\x0cimage_height\x18\x0c \x01(\r\x12\x13\n\x0bimage_width\x18\r \x01(\r\x12#\n\x04maps\x18\x0e \x03(\x0b\x32\x15.camserve.v1.ClassMap\"X\n\x08\x43lassMap\x12%\n\texplained\x18\x01 \x01(\x0b\x32\x12.camserve.v1.Class\x12%\n\x07heatmap\x18\x02 \x01(\x0b\x32\x14.camserve.v1.Heatmap\"C\n\x12\x45xplainManyRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.camserve.v1.ExplainRequest\"F\n\x13\x45xplainManyResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.camserve.v1.ExplainResponse\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.camserve.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x81\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0cinput_height\x18\x03 \x01(\r\x12\x13\n\x0binput_width\x18\x04 \x01(\r\x12\x12\n\npreprocess\x18\x05 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x06 \x01(\t\x12\x16\n\x0e\x66\x65\x61ture_height\x18\x07 \x01(\r\x12\x15\n\rfeature_width\x18\x08 \x01(\r\x12\x0f\n\x07methods\x18\t \x03(\t\x12\x0f\n\x07\x63lasses\x18\n \x03(\t\x12\x13\n\x0bnum_classes\x18\x0b \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\x13\n\x0b\x62\x61tch_sizes\x18\r \x03(\r\x12\r\n\x05state\x18\x0e \x01(\t\x12\x12\n\ntensorflow\x18\x0f \x01(\t\x12\r\n\x05keras\x18\x10 \x01(\t\x12\x0c\n\x04head\x18\x11 \x01(\t\x12\x14\n\x0cstate_reason\x18\x12 \x01(\t\x12\x0e\n\x06layers\x18\x13 \x03(\t\x12\x0f\n\x07\x66usions\x18\x14 \x03(\t*G\n\x0bHeatmapType\x12\x13\n\x0fHEATMAP_FLOAT32\x10\x00\x12\x11\n\rHEATMAP_UINT8\x10\x01\x12\x10\n\x0cHEATMAP_NONE\x10\x02*N\n\nResizeMode\x12\x12\n\x0eRESIZE_STRETCH\x10\x00\x12\x16\n\x12RESIZE_CENTER_CROP\x10\x01\x12\x14\n\x10RESIZE_LETTERBOX\x10\x02\x32\x83\x03\n\x08\x43\x61mServe\x12\x44\n\x07\x45xplain\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse\x12N\n\rExplainStream\x12\x1b.camserve.v1.ExplainRequest\x1a\x1c.camserve.v1.ExplainResponse(\x01\x30\x01\x12P\n\x0b\x45xplainMany\x12\x1f.camserve.v1.ExplainManyRequest\x1a .camserve.v1.ExplainManyResponse\x12M\n\nListModels\x12\x1e.camserve.v1.ListModelsRequest\x1a\x1f.camserve.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.camserve.v1.GetModelRequest\x1a\x16.camserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'camserve.v1.camserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEATMAPTYPE']._serialized_start=2124
-  _globals['_HEATMAPTYPE']._serialized_end=2195
-  _globals['_RESIZEMODE']._serialized_start=2197
-  _globals['_RESIZEMODE']._serialized_end=2275
+  _globals['_HEATMAPTYPE']._serialized_start=2172
+  _globals['_HEATMAPTYPE']._serialized_end=2243
+  _globals['_RESIZEMODE']._serialized_start=2245
+  _globals['_RESIZEMODE']._serialized_end=2323
   _globals['_RAWIMAGE']._serialized_start=43
   _globals['_RAWIMAGE']._serialized_end=118
   _globals['_IMAGE']._serialized_start=120
   _globals['_IMAGE']._serialized_end=192
   _globals['_EXPLAINREQUEST']._serialized_start=195
-  _globals['_EXPLAINREQUEST']._serialized_end=610
-  _globals['_CLASS']._serialized_start=612
-  _globals['_CLASS']._serialized_end=685
-  _globals['_REGION']._serialized_start=687
-  _globals['_REGION']._serialized_end=743
-  _globals['_HEATMAP']._serialized_start=746
-  _globals['_HEATMAP']._serialized_end=892
-  _globals['_TIMING']._serialized_start=894
-  _globals['_TIMING']._serialized_end=978
-  _globals['_ERROR']._serialized_start=980
-  _globals['_ERROR']._serialized_end=1018
-  _globals['_EXPLAINRESPONSE']._serialized_start=1021
-  _globals['_EXPLAINRESPONSE']._serialized_end=1402
-  _globals['_CLASSMAP']._serialized_start=1404
-  _globals['_CLASSMAP']._serialized_end=1492
-  _globals['_EXPLAINMANYREQUEST']._serialized_start=1494
-  _globals['_EXPLAINMANYREQUEST']._serialized_end=1561
-  _globals['_EXPLAINMANYRESPONSE']._serialized_start=1563
-  _globals['_EXPLAINMANYRESPONSE']._serialized_end=1633
-  _globals['_LISTMODELSREQUEST']._serialized_start=1635
-  _globals['_LISTMODELSREQUEST']._serialized_end=1654
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1656
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1716
-  _globals['_GETMODELREQUEST']._serialized_start=1718
-  _globals['_GETMODELREQUEST']._serialized_end=1767
-  _globals['_MODELINFO']._serialized_start=1770
-  _globals['_MODELINFO']._serialized_end=2122
-  _globals['_CAMSERVE']._serialized_start=2278
-  _globals['_CAMSERVE']._serialized_end=2665
+  _globals['_EXPLAINREQUEST']._serialized_end=625
+  _globals['_CLASS']._serialized_start=627
+  _globals['_CLASS']._serialized_end=700
+  _globals['_REGION']._serialized_start=702
+  _globals['_REGION']._serialized_end=758
+  _globals['_HEATMAP']._serialized_start=761
+  _globals['_HEATMAP']._serialized_end=907
+  _globals['_TIMING']._serialized_start=909
+  _globals['_TIMING']._serialized_end=993
+  _globals['_ERROR']._serialized_start=995
+  _globals['_ERROR']._serialized_end=1033
+  _globals['_EXPLAINRESPONSE']._serialized_start=1036
+  _globals['_EXPLAINRESPONSE']._serialized_end=1417
+  _globals['_CLASSMAP']._serialized_start=1419
+  _globals['_CLASSMAP']._serialized_end=1507
+  _globals['_EXPLAINMANYREQUEST']._serialized_start=1509
+  _globals['_EXPLAINMANYREQUEST']._serialized_end=1576
+  _globals['_EXPLAINMANYRESPONSE']._serialized_start=1578
+  _globals['_EXPLAINMANYRESPONSE']._serialized_end=1648
+  _globals['_LISTMODELSREQUEST']._serialized_start=1650
+  _globals['_LISTMODELSREQUEST']._serialized_end=1669
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1671
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1731
+  _globals['_GETMODELREQUEST']._serialized_start=1733
+  _globals['_GETMODELREQUEST']._serialized_end=1782
+  _globals['_MODELINFO']._serialized_start=1785
+  _globals['_MODELINFO']._serialized_end=2170
+  _globals['_CAMSERVE']._serialized_start=2326
+  _globals['_CAMSERVE']._serialized_end=2713
 # @@protoc_insertion_point(module_scope)

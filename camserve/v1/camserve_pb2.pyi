@@ -46,7 +46,7 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("id", "model", "version", "image", "class_index", "method", "top_k", "heatmap_type", "heatmap_original_size", "resize", "return_scores", "timeout_ms", "background", "counterfactual", "top_k_maps")
+    __slots__ = ("id", "model", "version", "image", "class_index", "method", "top_k", "heatmap_type", "heatmap_original_size", "resize", "return_scores", "timeout_ms", "background", "counterfactual", "top_k_maps", "layer")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class ExplainRequest(_message.Message):
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     COUNTERFACTUAL_FIELD_NUMBER: _ClassVar[int]
     TOP_K_MAPS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     version: int
@@ -77,7 +78,8 @@ class ExplainRequest(_message.Message):
     background: int
     counterfactual: bool
     top_k_maps: int
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: bool = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: bool = ..., timeout_ms: _Optional[int] = ..., background: _Optional[int] = ..., counterfactual: bool = ..., top_k_maps: _Optional[int] = ...) -> None: ...
+    layer: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., class_index: _Optional[int] = ..., method: _Optional[str] = ..., top_k: _Optional[int] = ..., heatmap_type: _Optional[_Union[HeatmapType, str]] = ..., heatmap_original_size: bool = ..., resize: _Optional[_Union[ResizeMode, str]] = ..., return_scores: bool = ..., timeout_ms: _Optional[int] = ..., background: _Optional[int] = ..., counterfactual: bool = ..., top_k_maps: _Optional[int] = ..., layer: _Optional[str] = ...) -> None: ...
 
 class Class(_message.Message):
     __slots__ = ("index", "label", "probability", "logit")
@@ -210,7 +212,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "input_height", "input_width", "preprocess", "target_layer", "feature_height", "feature_width", "methods", "classes", "num_classes", "device", "batch_sizes", "state", "tensorflow", "keras", "head", "state_reason")
+    __slots__ = ("name", "version", "input_height", "input_width", "preprocess", "target_layer", "feature_height", "feature_width", "methods", "classes", "num_classes", "device", "batch_sizes", "state", "tensorflow", "keras", "head", "state_reason", "layers", "fusions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +231,8 @@ class ModelInfo(_message.Message):
     KERAS_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FUSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     input_height: int
@@ -247,4 +251,6 @@ class ModelInfo(_message.Message):
     keras: str
     head: str
     state_reason: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., preprocess: _Optional[str] = ..., target_layer: _Optional[str] = ..., feature_height: _Optional[int] = ..., feature_width: _Optional[int] = ..., methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., num_classes: _Optional[int] = ..., device: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., tensorflow: _Optional[str] = ..., keras: _Optional[str] = ..., head: _Optional[str] = ..., state_reason: _Optional[str] = ...) -> None: ...
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    fusions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., preprocess: _Optional[str] = ..., target_layer: _Optional[str] = ..., feature_height: _Optional[int] = ..., feature_width: _Optional[int] = ..., methods: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., num_classes: _Optional[int] = ..., device: _Optional[str] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., tensorflow: _Optional[str] = ..., keras: _Optional[str] = ..., head: _Optional[str] = ..., state_reason: _Optional[str] = ..., layers: _Optional[_Iterable[str]] = ..., fusions: _Optional[_Iterable[str]] = ...) -> None: ...
