@@ -30,7 +30,7 @@ def bench_model(name: str, batches, rounds: int, min_seconds: float):
     height, width = src.model.inputs[0].shape[1:3]
     target = graph.default_target(src.model)
     head = graph.head(src.model)
-    explainer = Explainer(graph.split(src.model, target, head), src.preprocess, 3, head.kind)
+    explainer = Explainer([graph.split(src.model, target, head)], src.preprocess, 3, head.kind)
     functions = {
         (kind, jit): tf.function(getattr(explainer, kind), jit_compile=jit)
         for kind in ("explain", "predict")
