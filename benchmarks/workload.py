@@ -9,8 +9,8 @@ from camserve.export.exporter import ExportOptions, export
 from camserve.export.repository import read_metadata
 
 
-def exported(source: str, repo: Path, name: str, weights: str = "none", input_size=None) -> Path:
-    return export(ExportOptions(source=source, repo=str(repo), name=name, weights=weights, input_size=input_size))
+def exported(source: str, repo: Path, name: str, weights: str = "none", input_size=None, layers=None) -> Path:
+    return export(ExportOptions(source=source, repo=str(repo), name=name, weights=weights, input_size=input_size, layer=layers))
 
 
 def random_images(version_dir: Path, count: int) -> list[np.ndarray]:
