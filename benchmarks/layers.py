@@ -9,7 +9,6 @@ table and writes results/layers.json.
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from methods import table  # noqa: E402
-from timing import SOURCES, best_of_rounds, run_in_process_benchmark  # noqa: E402
+from timing import SOURCES, rows_against_predict, run_in_process_benchmark  # noqa: E402
 from workload import exported, random_images  # noqa: E402
 
 LAYERS = {"demo": ["last_conv", "block2b_relu"], "resnet50": ["conv5_block3_out", "conv4_block6_out"]}
@@ -51,14 +50,7 @@ def bench_model(name: str, batches, rounds: int, min_seconds: float) -> list[dic
                 f"two layers: {finer}": run(layered, LAYER_CODE),
                 "two layers: mean fusion": run(layered, 2 * LAYER_CODE),
             }
-            started = time.perf_counter()
-            result = best_of_rounds(configs, batch, rounds, min_seconds)
-            for config, rate in result.items():
-                rows.append({
-                    "model": name, "batch": batch, "function": config, "images_per_s": round(rate, 2),
-                    "vs_predict": round(rate / result["predict"], 3),
-                })
-            print(f"  {name} batch {batch}: measured in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+            rows += rows_against_predict(name, batch, configs, rounds, min_seconds)
         return rows
 
 

@@ -11,7 +11,6 @@ were computed). Prints a table and writes results/methods.json.
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import SOURCES, best_of_rounds, run_in_process_benchmark  # noqa: E402
+from timing import SOURCES, rows_against_predict, run_in_process_benchmark  # noqa: E402
 from workload import exported, random_images  # noqa: E402
 
 from camserve.export.methods import NAMES  # noqa: E402
@@ -44,14 +43,7 @@ def bench_model(name: str, batches, rounds: int, min_seconds: float) -> list[dic
             if batch >= len(NAMES):
                 mixed = tf.constant(np.arange(batch) % len(NAMES), tf.int32)
                 configs["mixed"] = lambda: explain(images=images, class_index=top1, method=mixed)["heatmap"].numpy()
-            started = time.perf_counter()
-            result = best_of_rounds(configs, batch, rounds, min_seconds)
-            for config, rate in result.items():
-                rows.append({
-                    "model": name, "batch": batch, "function": config, "images_per_s": round(rate, 2),
-                    "vs_predict": round(rate / result["predict"], 3),
-                })
-            print(f"  {name} batch {batch}: measured in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+            rows += rows_against_predict(name, batch, configs, rounds, min_seconds)
         return rows
 
 

@@ -63,3 +63,17 @@ def run_in_process_benchmark(doc: str, bench_model, table, out_name: str, rounds
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {args.out}")
+
+
+def rows_against_predict(model: str, batch: int, configs: dict, rounds: int, min_seconds: float) -> list[dict]:
+    """best_of_rounds over configs (one named "predict"), as table rows with each
+    configuration's ratio to predict; says on stderr how long it took."""
+    import sys
+
+    started = time.perf_counter()
+    result = best_of_rounds(configs, batch, rounds, min_seconds)
+    print(f"  {model} batch {batch}: measured in {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    return [
+        {"model": model, "batch": batch, "function": config, "images_per_s": round(rate, 2), "vs_predict": round(rate / result["predict"], 3)}
+        for config, rate in result.items()
+    ]

@@ -111,6 +111,10 @@ def test_a_batch_of_layers_and_fusions_equals_the_reference(exports, kind):
             model64, images[i], class_index[i], names[i], [None, "conv1"], choices[pick[i]], counterfactual=counterfactual[i]
         )
         assert_matches_reference(got, i, want)
+    for i in range(8):  # batch independence across layers and fusions too
+        alone = run(saved, images[i : i + 1], class_index[i : i + 1], codes[i : i + 1])
+        for name, value in alone.items():
+            np.testing.assert_allclose(got[name][i], value[0], rtol=1e-5, atol=1e-6, err_msg=f"{name} of image {i}")
     single = run(saved, images[:2], [-1, -1], [0, LAYER_CODE])
     assert not np.allclose(single["heatmap"][0], single["heatmap"][1]), "the layers' maps differ"
     bad = run(saved, images[:2], [-1, -1], [4 * LAYER_CODE, -LAYER_CODE])
