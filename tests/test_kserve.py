@@ -150,6 +150,7 @@ def test_typed_contents_are_accepted(server, kserve):
         (lambda imgs: [int_input("method", [0])], "send exactly one of"),
         (lambda imgs: [images_input(imgs), int_input("class_index", [models.CLASSES])], "class_index out of range"),
         (lambda imgs: [images_input(imgs), int_input("method", [99])], "method codes are 0.."),
+        (lambda imgs: [images_input(imgs), int_input("layer", [1])], "layer codes are 0..0 (block_out)"),
         (lambda imgs: [images_input(imgs), int_input("class_index", [0, 1])], "expected [1], one per image"),
         (lambda imgs: [triton.InferInput("image_bytes", [1], "BYTES")], "has 0 elements; its shape says 1"),
         (lambda imgs: [images_input(imgs), int_input("zzz", [0])], "unknown input"),
