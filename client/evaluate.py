@@ -60,22 +60,22 @@ def _on_canvas(box: Box | None, original: tuple[int, int], size: tuple[int, int]
     return Box(math.floor(box.x0 * sx), math.floor(box.y0 * sy), math.ceil(box.x1 * sx), math.ceil(box.y1 * sy))
 
 
-def evaluate(client, model: str, files: list[Path], boxes: dict[str, Box], methods: list[str], steps: int = faithfulness.STEPS, status: StatusLine | None = None) -> Evaluation:
-    info = client.get_model(model)
-    size = (info.input_height, info.input_width)
+def evaluate(client, info, files: list[Path], boxes: dict[str, Box], methods: list[str], steps: int = faithfulness.STEPS, status: StatusLine | None = None) -> Evaluation:
+    """`info`: the model's GetModel answer (its name and input size)."""
+    model, size = info.name, (info.input_height, info.input_width)
     result = Evaluation(model, [*methods, *faithfulness.BASELINES])
     for name in result.methods:
         result.scores[name] = []
     started = time.monotonic()
     for first in range(0, len(files), CHUNK):
-        _chunk(client, model, files[first : first + CHUNK], boxes, size, steps, result)
+        _chunk(client, model, files[first : first + CHUNK], boxes, size, methods, steps, result)
         done = min(first + CHUNK, len(files))
         if status:
             status.update(f"evaluate: {done}/{len(files)} images, {len(result.methods)} maps each, {rate_and_eta(done, len(files), time.monotonic() - started)}")
     return result
 
 
-def _chunk(client, model: str, files: list[Path], boxes: dict[str, Box], size, steps: int, result: Evaluation):
+def _chunk(client, model: str, files: list[Path], boxes: dict[str, Box], size, methods: list[str], steps: int, result: Evaluation):
     canvases, originals, kept = [], [], []
     for file in files:
         try:
@@ -92,7 +92,7 @@ def _chunk(client, model: str, files: list[Path], boxes: dict[str, Box], size, s
     classes = [r.class_index for r in original]  # top-1, which each method below explains too
     probability = [float(r.probabilities[c]) for r, c in zip(original, classes)]
     maps: dict[str, list] = {}
-    for name in result.methods[: len(result.methods) - len(faithfulness.BASELINES)]:
+    for name in methods:
         method, _, layer = name.partition("@")
         explained = _answered(client.explain_many(canvases, per_call=CHUNK, model=model, method=method, layer=layer or None))
         maps[name] = [r.heatmap_at(size[1], size[0]) for r in explained]

@@ -58,7 +58,7 @@ def run(args) -> int:
                 return 2
             if args.layers:
                 methods = [f"{method}@{layer}" for method in methods for layer in args.layers]
-            result = evaluate.evaluate(client, model, files, boxes, methods, args.steps, status)
+            result = evaluate.evaluate(client, info, files, boxes, methods, args.steps, status)
     except grpc.RpcError as err:
         status.close()
         print(f"camserve evaluate: {args.target}: {err.code().name}: {err.details()}", file=sys.stderr)
