@@ -134,7 +134,7 @@ class Explanation:
         Grad-CAM paper's localisation); None when the map is all zero."""
         return boxes.largest_region(self.heatmap_at(self.image_size[1], self.image_size[0]), threshold)
 
-    def overlay(self, image, colormap: str = "jet", alpha: float = 0.4, background=colors.WHITE) -> np.ndarray:
+    def overlay(self, image, colormap: str = "jet", alpha: float = drawing.DEFAULT_ALPHA, background=colors.WHITE) -> np.ndarray:
         """RGB uint8 image with the heatmap blended over it; `image` is gray or
         RGB(A) pixels, alpha composited onto `background` (as in request_options)."""
         image = images.to_rgb(np.asarray(image, np.uint8), colors.rgb(background), bgr=False)

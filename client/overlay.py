@@ -3,6 +3,8 @@
 import cv2
 import numpy as np
 
+DEFAULT_ALPHA = 0.4  # the heatmap's weight over the image
+
 
 def colormap(name: str) -> int:
     try:
@@ -11,7 +13,7 @@ def colormap(name: str) -> int:
         raise ValueError(f"unknown OpenCV colormap {name!r}") from None
 
 
-def blend(image_rgb: np.ndarray, heatmap: np.ndarray, colormap_name: str = "jet", alpha: float = 0.4) -> np.ndarray:
+def blend(image_rgb: np.ndarray, heatmap: np.ndarray, colormap_name: str = "jet", alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """RGB uint8 image with a heatmap of the same size ([0,1] floats) blended over it."""
     levels = np.uint8(np.round(255 * np.clip(heatmap, 0.0, 1.0)))
     colored = cv2.cvtColor(cv2.applyColorMap(levels, colormap(colormap_name)), cv2.COLOR_BGR2RGB)

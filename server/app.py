@@ -27,6 +27,7 @@ from camserve.v1 import camserve_pb2, camserve_pb2_grpc
 from . import cpus, phase
 from .device import configure_threads, select_device
 from .handler import Handler
+from .http_server import HttpServer
 from .kserve import KServeService
 from .logs import configure_logging
 from .metrics import Metrics
@@ -68,10 +69,10 @@ class Server:
                 ("grpc.so_reuseport", 1 if link else 0),
             ],
         )
-        camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.handler), self.grpc)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeService(self.registry, self.handler), self.grpc
-        )
+        native, kserve = CamServeService(self.registry, self.handler), KServeService(self.registry, self.handler)
+        camserve_pb2_grpc.add_CamServeServicer_to_server(native, self.grpc)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, self.grpc)
+        self.http = HttpServer(options, self.registry, self.handler, native, kserve) if options.http_port else None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection([SERVICE_NAME, KSERVE_NAME, health_name, reflection.SERVICE_NAME], self.grpc)
@@ -107,10 +108,13 @@ class Server:
             raise OSError(f"cannot listen on {address}")
         await self.grpc.start()
         self.listening = True
+        http = "off"
+        if self.http:
+            http = f"{opts.host}:{await self.http.start(opts.host, opts.http_port, shared=self.link is not None)}"
         security = ("mutual TLS" if opts.security.client_ca else "TLS") if credentials else "plaintext"
         auth = "bearer token" if opts.security.token else "no authentication"
         metrics = f"{opts.metrics_host}:{opts.metrics_port}" if opts.metrics_port else "off"
-        log.info("listening on %s (%s, %s; metrics on %s)", address, security, auth, metrics)
+        log.info("listening on %s, HTTP on %s (%s, %s; metrics on %s)", address, http, security, auth, metrics)
 
     async def _start(self):
         """Load and warm up every model. A lone server listens from the start, so
@@ -171,7 +175,8 @@ class Server:
         if not await self.handler.wait_idle(self.options.drain_timeout):
             log.warning("drain timeout: %d call(s) still in flight are cut off", self.handler.in_flight)
         if self.listening:
-            await self.grpc.stop(grace=max(0.0, self.options.drain_timeout - (time.monotonic() - started)))
+            grace = max(0.0, self.options.drain_timeout - (time.monotonic() - started))
+            await asyncio.gather(self.grpc.stop(grace=grace), *([self.http.stop()] if self.http else []))
         await self.manager.close()
         self.decoders.shutdown(wait=False)
         log.info("stopped")

@@ -20,7 +20,7 @@ def _at_least(low, kind=int):
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("serve", help="serve a model repository over gRPC with dynamic batching")
+    p = subparsers.add_parser("serve", help="serve a model repository over gRPC and HTTP with dynamic batching")
     p.add_argument("--repo", required=True, type=Path, help="model repository folder")
     p.add_argument("--model", dest="models", action="append", help="serve only this model (repeatable)")
     p.add_argument("--version-policy", choices=["latest", "all", "specific"], default="latest")
@@ -28,6 +28,10 @@ def add_parser(subparsers):
     p.add_argument("--poll-seconds", type=_at_least(0, float), default=5.0, help="how often to look for new versions; 0: never")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8500)
+    p.add_argument(
+        "--http-port", type=int, default=8000,
+        help="KServe v2 over HTTP, explain by upload, and the page at / (Triton's HTTP port); 0 turns it off",
+    )
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus metrics over HTTP; 0 turns it off")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (0.0.0.0: all)")
     p.add_argument("--max-batch-size", type=int, default=32)
@@ -95,6 +99,7 @@ def run(args) -> int:
         security=security,
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         max_concurrent_rpcs=args.max_concurrent_rpcs,

@@ -41,7 +41,7 @@ OUTPUTS = ("logits", "probabilities", "class_index", "heatmap", "heatmap_scale")
 INT_TYPES = ("INT32", "INT64")
 
 
-def _version(text: str) -> int:
+def version_number(text: str) -> int:
     if not text:
         return 0
     if not text.isdigit():
@@ -80,7 +80,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         """Not ready (rather than an error) for a model or version that is not served;
         INVALID_ARGUMENT for a request that names none."""
         try:
-            self.registry.get(request.name, _version(request.version))
+            self.registry.get(request.name, version_number(request.version))
         except RequestError as err:
             if err.code == grpc.StatusCode.INVALID_ARGUMENT:
                 await context.abort(err.code, err.message)
@@ -161,13 +161,13 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     # -- inference -------------------------------------------------------------
     async def ModelInfer(self, request, context):
         try:
-            return await self._infer(request, context, "kserve")
+            return await self.infer(request, context, "kserve")
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
             await abort(context, err)
 
     async def ModelStreamInfer(self, request_iterator, context):
         async def infer_one(request):
-            return kpb.ModelStreamInferResponse(infer_response=await self._infer(request, context, "kserve_stream"))
+            return kpb.ModelStreamInferResponse(infer_response=await self.infer(request, context, "kserve_stream"))
 
         def failed(request, failure):
             response = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
@@ -176,10 +176,10 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         async for response in completion_order(request_iterator, infer_one, failed, self.handler.limits.stream_window):
             yield response
 
-    async def _infer(self, request, context, api: str) -> kpb.ModelInferResponse:
+    async def infer(self, request, context, api: str) -> kpb.ModelInferResponse:
         received = time.monotonic()
         with self.handler.accounted(api, context) as call:
-            call.model = model = self.registry.get(request.model_name, _version(request.model_version))
+            call.model = model = self.registry.get(request.model_name, version_number(request.model_version))
             tensors = image_inputs(model, request, self.handler.limits)
             wanted = [o.name for o in request.outputs] or list(OUTPUTS)
             unknown = [name for name in wanted if name not in OUTPUTS]
@@ -206,8 +206,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
     async def _model(self, name: str, version: str, context, ready: bool = True) -> ServedModel:
         try:
             if ready:
-                return self.registry.get(name, _version(version))
-            model = self.registry.find(name, _version(version))
+                return self.registry.get(name, version_number(version))
+            model = self.registry.find(name, version_number(version))
             if model is None:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version or 'latest'} is not served here")
             return model

@@ -29,6 +29,7 @@ class ServerOptions:
     poll_seconds: float = 5.0  # how often the repository is checked for versions; 0: never
     host: str = "0.0.0.0"
     port: int = 8500
+    http_port: int = 0  # KServe v2 REST, explain by upload and the page; 0: no HTTP (`serve` defaults it to 8000)
     metrics_port: int = 8501  # 0: no metrics endpoint
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from outside the pod
     limits: Limits = field(default_factory=Limits)

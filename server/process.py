@@ -37,13 +37,15 @@ class ServerProcess:
         metrics_host: str = "127.0.0.1",
         prefix: tuple[str, ...] = (),  # e.g. ("taskset", "-c", "0") to pin the server
     ):
-        self.port, self.metrics_port = port or free_port(), free_port()
+        self.port, self.metrics_port, self.http_port = port or free_port(), free_port(), free_port()
         self.metrics_host = metrics_host
         self.target = f"127.0.0.1:{self.port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
         self.log = log
         if command is None:
             command = [*prefix, sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
-            command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--metrics-host", metrics_host, *args]
+            command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--metrics-host", metrics_host]
+            command += ["--http-port", str(self.http_port), *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         # Reconnect quickly: the default backoff (1 s and growing) would miss the warm-up window.
         fast = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]

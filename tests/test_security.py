@@ -95,3 +95,41 @@ def test_cli_takes_the_same_options(secure_server, pki, tmp_path):
     assert ok.returncode == 0, ok.stderr[-1500:]
     denied = subprocess.run([*base, *tls], capture_output=True, text=True, timeout=120)
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+
+
+def https(server, pki, path, token=TOKEN, cert=True, method="GET", body=None):
+    """(status, body) of one HTTPS request to the server's HTTP port."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=pki / "ca.pem")
+    if cert:
+        context.load_cert_chain(pki / "client.pem", pki / "client.key")
+    connection = http.client.HTTPSConnection("127.0.0.1", server.http_port, context=context, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_http_takes_the_same_certificates_and_token(secure_server, pki):
+    import json
+    import ssl
+    import urllib.request
+
+    infer = json.dumps({"inputs": [{"name": "images", "shape": [1, *IMAGE.shape], "datatype": "UINT8", "data": IMAGE.ravel().tolist()}]})
+    status, body = https(secure_server, pki, "/v2/models/tiny/infer", method="POST", body=infer)
+    assert status == 200 and json.loads(body)["model_name"] == "tiny"
+    for token in (None, "wrong", TOKEN + "x"):
+        status, body = https(secure_server, pki, "/v2/models/tiny", token=token)
+        assert status == 401 and "bearer token" in json.loads(body)["error"]
+        assert https(secure_server, pki, "/camserve/models", token=token)[0] == 401
+    # Probes carry no secrets, and the page asks for the token itself.
+    assert https(secure_server, pki, "/v2/health/ready", token=None)[0] == 200
+    assert https(secure_server, pki, "/", token=None)[0] == 200
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # mutual TLS: no client certificate, no answer
+        https(secure_server, pki, "/v2/health/ready", cert=False)
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # and no plaintext
+        urllib.request.urlopen(f"http://127.0.0.1:{secure_server.http_port}/v2/health/ready", timeout=10)

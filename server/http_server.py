@@ -1,0 +1,127 @@
+"""HTTP beside gRPC, on its own port and in the same event loop (aiohttp): KServe
+v2 REST (rest_kserve.py), explain by upload (rest_explain.py) and the page at
+`/` (page/). Every route calls the gRPC services' own methods, so HTTP shares
+their admission, batchers, statuses and drain; this module only carries what
+HTTP adds: TLS from the same files, the same bearer token, the same limits on
+message size and calls in flight, and gRPC statuses as HTTP ones with an
+`{"error": "..."}` body, as the Open Inference Protocol says."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ssl
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from . import rest_explain, rest_kserve
+from .errors import RequestError, as_request_error
+
+log = logging.getLogger("camserve.http")
+
+PAGE = Path(__file__).parent / "page"
+OPEN_PATHS = ("/v2/health/",)  # probes carry no secrets, as on gRPC
+PUBLIC_FILES = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}  # the page asks for a token itself
+
+STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _ssl_context(security) -> ssl.SSLContext | None:
+    if not security.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(security.tls_cert, security.tls_key)
+    if security.client_ca:
+        context.load_verify_locations(security.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class HttpServer:
+    def __init__(self, options, registry, handler, camserve_service, kserve_service):
+        self.options = options
+        self.in_flight = 0
+        self.expected = f"Bearer {options.security.token}".encode() if options.security.token else None
+        self.app = web.Application(
+            client_max_size=options.max_message_bytes, middlewares=[self._errors, self._admit]
+        )
+        self.app.router.add_routes(rest_kserve.routes(kserve_service, registry))
+        self.app.router.add_routes(rest_explain.routes(camserve_service, handler))
+        for path, name in PUBLIC_FILES.items():
+            self.app.router.add_get(path, self._file(PAGE / name))
+        self.runner: web.AppRunner | None = None
+
+    @staticmethod
+    def _file(path: Path):
+        async def send(request):
+            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+        return send
+
+    @web.middleware
+    async def _errors(self, request, handler):
+        """Statuses as JSON errors, whoever raised them: our code, aiohttp (413 for
+        an oversize body, 404/405 for unknown routes) or a bug (500, logged)."""
+        try:
+            return await handler(request)
+        except RequestError as err:
+            return error(STATUS.get(err.code, 500), err.message)
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.options.max_message_bytes / 2**20
+            return error(413, f"the request body is too large: the limit is {limit:g} MB (--max-message-mb), as on gRPC")
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            return error(err.status, err.text or err.reason)
+        except ConnectionError:  # the caller hung up: nobody to answer, nothing to log
+            raise
+        except Exception as err:  # noqa: BLE001 - a bug leaves as 500 with no trace
+            return error(500, as_request_error(err).message)
+
+    @web.middleware
+    async def _admit(self, request, handler):
+        """The bearer token, then the limit on calls in flight, both before the body
+        is read."""
+        path = request.path
+        if self.expected and not path.startswith(OPEN_PATHS) and path not in PUBLIC_FILES:
+            sent = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(sent, self.expected):
+                raise RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (Authorization header)")
+        if self.in_flight >= self.options.max_concurrent_rpcs:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.in_flight} calls in flight, the server's limit: retry later")
+        self.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    async def start(self, host: str, port: int, shared: bool) -> int:
+        """Listens; `shared`: the port is shared with the other workers (SO_REUSEPORT).
+        Returns the port (port 0 picks a free one)."""
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, ssl_context=_ssl_context(self.options.security), reuse_port=shared or None)
+        await site.start()
+        return self.runner.addresses[0][1]
+
+    async def stop(self):
+        if self.runner:
+            await self.runner.cleanup()

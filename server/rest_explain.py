@@ -1,0 +1,190 @@
+"""Explain by upload, for curl and for the page: POST an encoded image (the raw
+body, or the first file of a multipart form) to
+`/camserve/models/{model}[/versions/{version}]/explain` with options as query
+parameters; the answer is JSON (top-k, the explained class, the map and its
+box) or, with `format=overlay`, the overlay PNG itself. `GET /camserve/models`
+lists what is served, as ListModels does.
+
+The request becomes the native API's ExplainRequest and runs through the
+handler's pipeline; the answer is read back with the client's own Explanation,
+so boxes and overlays are drawn exactly as `camserve explain` draws them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import cv2
+import numpy as np
+from aiohttp import web
+
+from camserve.client import boxes, messages, overlay
+from camserve.v1 import camserve_pb2 as pb
+
+from .context import Context
+from .errors import invalid
+from .rest_kserve import as_json
+
+HEATMAPS = ("png", "uint8", "float16", "none")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+OPTIONS = {
+    "method", "class_index", "layer", "counterfactual", "top_k", "resize", "background", "timeout_ms",
+    "heatmap", "size", "format", "opacity", "colormap", "box",
+}
+
+
+def _number(query, name: str, kind, default, low=None, high=None):
+    if name not in query:
+        return default
+    try:
+        value = kind(query[name])
+    except ValueError:
+        raise invalid(f"query parameter {name}={query[name]!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise invalid(f"query parameter {name}={value} is outside {low}..{high}")
+    return value
+
+
+def _choice(query, name: str, choices, default: str) -> str:
+    value = query.get(name, default)
+    if value not in choices:
+        raise invalid(f"query parameter {name}={value!r}: one of {', '.join(choices)}")
+    return value
+
+
+def _flag(query, name: str) -> bool:
+    value = query.get(name, "").lower()
+    if value not in TRUE + FALSE:
+        raise invalid(f"query parameter {name}={value!r} is not a yes/no value")
+    return value in TRUE
+
+
+class Options:
+    """The query parameters, all checked before the image is read."""
+
+    def __init__(self, query, model: str, version: int):
+        unknown = sorted(set(query) - OPTIONS)
+        if unknown:
+            raise invalid(f"unknown query parameter(s) {unknown}; known: {', '.join(sorted(OPTIONS))}")
+        self.heatmap = _choice(query, "heatmap", HEATMAPS, "png")
+        self.overlay = _choice(query, "format", ("json", "overlay"), "json") == "overlay"
+        if self.overlay and self.heatmap == "none":
+            raise invalid("an overlay needs a heatmap: leave heatmap unset")
+        # A PNG or an overlay is for looking at: the image's own size. Numbers stay at
+        # the model's feature size unless asked, as on gRPC.
+        self.original = _choice(query, "size", ("feature", "original"), "original" if self.heatmap == "png" else "feature") == "original"
+        self.opacity = _number(query, "opacity", float, overlay.DEFAULT_ALPHA, 0.0, 1.0)
+        self.box = _number(query, "box", float, boxes.THRESHOLD, 0.0, 1.0)  # 0: no box
+        try:
+            self.colormap = overlay.colormap(query.get("colormap", "jet"))
+            self.request = messages.request_options(
+                model=model,
+                version=version,
+                class_index=_number(query, "class_index", int, None, -(2**31), 2**31 - 1),
+                method=query.get("method"),
+                top_k=_number(query, "top_k", int, 5, 1, 1000),
+                heatmap_type="none" if self.heatmap == "none" else "float32",
+                resize=_choice(query, "resize", tuple(messages.RESIZE_MODES), "stretch"),
+                timeout=_number(query, "timeout_ms", int, 0, 0, 2**32 - 1) / 1e3,
+                background=query.get("background"),
+                counterfactual=_flag(query, "counterfactual"),
+                layer=query.get("layer"),
+            )
+        except ValueError as err:  # an unknown colormap or a background that is no colour
+            raise invalid(str(err)) from None
+        self.colormap_name = query.get("colormap", "jet")
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def _encoded_map(found: messages.Explanation, options: Options) -> dict:
+    height, width = found.image_size
+    values = found.heatmap_at(width, height) if options.original else found.heatmap
+    if options.heatmap == "png":
+        levels = np.uint8(np.round(255 * np.clip(values, 0.0, 1.0)))
+        data = _png(cv2.cvtColor(cv2.applyColorMap(levels, options.colormap), cv2.COLOR_BGR2RGB))
+    elif options.heatmap == "uint8":
+        data = np.round(values * 255).astype(np.uint8).tobytes()
+    else:
+        data = values.astype("<f2").tobytes()
+    region = found.region if not options.original else None
+    return {
+        "encoding": options.heatmap,
+        "height": int(values.shape[0]),
+        "width": int(values.shape[1]),
+        "scale": found.heatmap_scale,
+        # Where the map lies on the image (pixels x0, y0, x1, y1); an original-size map covers it all.
+        "region": [region.x0, region.y0, region.x1, region.y1] if region else [0.0, 0.0, float(width), float(height)],
+        "data": base64.b64encode(data).decode(),
+    }
+
+
+def _prediction(p: messages.Prediction) -> dict:
+    return {"index": p.index, "label": p.label, "probability": p.probability, "logit": p.logit}
+
+
+def render(found: messages.Explanation, options: Options, image: bytes, background: int) -> web.Response:
+    """The answer, on the decode pool: resizing a map to a photo and encoding PNGs is real work."""
+    box = found.box(options.box) if found.heatmap is not None and options.box > 0 else None
+    if options.overlay:
+        from camserve import images  # noqa: PLC0415 - only overlays decode the image again
+
+        pixels = images.to_rgb(images.decode(image), background)
+        drawn = found.overlay(pixels, options.colormap_name, options.opacity)
+        if box:
+            drawn = boxes.draw(drawn, box)
+        return web.Response(body=_png(drawn), content_type="image/png")
+    document = {
+        "model": found.model,
+        "version": found.version,
+        "method": found.method,
+        "image": {"height": found.image_size[0], "width": found.image_size[1]},
+        "explained": {"index": found.class_index, "label": found.label, "probability": found.probability},
+        "top_k": [_prediction(p) for p in found.top_k],
+        "heatmap": _encoded_map(found, options) if found.heatmap is not None else None,
+        "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1} if box else None,
+        "timing": {"queue_ms": found.queue_ms, "compute_ms": found.compute_ms, "batch_size": found.batch_size, "total_ms": found.total_ms},
+    }
+    return web.json_response(document)
+
+
+async def _image(request: web.Request) -> bytes:
+    """The raw body, or the first file of a multipart form."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        async for part in reader:
+            if part.filename is not None or part.name in ("image", "file"):
+                return bytes(await part.read())
+        raise invalid("the multipart form carries no file: send the image as a file field")
+    return await request.read()
+
+
+def routes(service, handler) -> list[web.RouteDef]:
+    """`service`: the CamServeService whose ListModels answers; `handler` runs explains."""
+
+    async def list_models(request):
+        return web.json_response(as_json(await service.ListModels(pb.ListModelsRequest(), Context())))
+
+    async def explain(request):
+        version = request.match_info.get("version", "0")
+        if not version.isdigit():
+            raise invalid(f"version {version!r} is not a version number")
+        options = Options(request.query, request.match_info["model"], int(version))
+        image = await _image(request)  # aiohttp refuses a body over the message limit (413)
+        if not image:
+            raise invalid("no image: send it as the request body or a multipart file")
+        message = messages.request_message(image, options.request)
+        response = await handler.explain(message, Context(), "http")
+        found = messages.explanation(response)
+        background = message.background if message.HasField("background") else handler.limits.background
+        build = lambda: render(found, options, image, background)  # noqa: E731
+        return await asyncio.get_running_loop().run_in_executor(handler.executor, build)
+
+    return [
+        web.get("/camserve/models", list_models),
+        web.post("/camserve/models/{model}/explain", explain),
+        web.post("/camserve/models/{model}/versions/{version}/explain", explain),
+    ]
+

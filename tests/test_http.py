@@ -1,0 +1,301 @@
+"""HTTP beside gRPC on a real server: KServe v2 REST driven by Triton's own
+`tritonclient.http` (which nobody here wrote) and by raw requests, as curl would
+send them; explain by upload. Answers are compared with the gRPC API's for the
+same images."""
+
+import base64
+import http.client
+import json
+import socket
+import time
+
+import cv2
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from camserve.client import Client
+from camserve.client.overlay import blend
+from camserve.server.process import serving
+from tests import models
+
+SIZE = models.SIZE
+OUTPUTS = ["logits", "probabilities", "class_index", "heatmap", "heatmap_scale"]
+RNG = np.random.default_rng(7)
+IMAGES = RNG.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def rest(server):
+    client = triton.InferenceServerClient(url=server.http.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def native(server):
+    with Client(server.target, model="tiny") as client:
+        yield client
+
+
+def call(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One raw HTTP request: (status, headers, body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def error_of(server, method, path, body=None, headers=None) -> tuple[int, str]:
+    status, _, answer = call(server, method, path, body, headers)
+    return status, json.loads(answer)["error"]
+
+
+def images_input(images, binary=True):
+    tensor = triton.InferInput("images", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    return tensor
+
+
+def png(image) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+# -- tritonclient.http -------------------------------------------------------
+
+
+def test_live_ready_metadata_and_config(rest):
+    assert rest.is_server_live() and rest.is_server_ready()
+    assert rest.is_model_ready("tiny") and rest.is_model_ready("tiny", "1")
+    assert not rest.is_model_ready("nope") and not rest.is_model_ready("tiny", "7")
+    assert rest.get_server_metadata()["name"] == "camserve"
+    meta = rest.get_model_metadata("tiny")
+    assert meta["versions"] == ["1"] and meta["platform"] == "tensorflow_savedmodel"
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, SIZE, SIZE, 3]}]
+    assert [o["name"] for o in meta["outputs"]] == OUTPUTS
+    config = rest.get_model_config("tiny")
+    assert config["max_batch_size"] == 8 and config["input"][0]["dims"] == [SIZE, SIZE, 3]  # numbers, as perf_analyzer reads them
+    assert "gradcam" in config["parameters"]["methods"]["string_value"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_equals_the_grpc_api(rest, native, binary):
+    result = rest.infer("tiny", [images_input(IMAGES, binary)], outputs=[triton.InferRequestedOutput(n, binary_data=binary) for n in OUTPUTS])
+    for i, image in enumerate(IMAGES):
+        expected = native.explain(image, return_scores=True)
+        assert int(result.as_numpy("class_index")[i]) == expected.class_index
+        np.testing.assert_allclose(result.as_numpy("probabilities")[i], expected.probabilities, atol=1e-6)
+        np.testing.assert_allclose(result.as_numpy("heatmap")[i], expected.heatmap, atol=1e-5)
+        assert result.as_numpy("heatmap_scale")[i] == pytest.approx(expected.heatmap_scale, rel=1e-5)
+
+
+def test_encoded_images_and_per_image_options_in_json(rest, native):
+    blobs = np.array([png(image) for image in IMAGES[:2]], dtype=object)
+    encoded = triton.InferInput("image_bytes", [2], "BYTES")
+    encoded.set_data_from_numpy(blobs, binary_data=True)
+    classes = triton.InferInput("class_index", [2], "INT32")
+    classes.set_data_from_numpy(np.array([1, 2], np.int32), binary_data=False)
+    result = rest.infer("tiny", [encoded, classes], outputs=[triton.InferRequestedOutput("heatmap", binary_data=False)])
+    for i, image in enumerate(IMAGES[:2]):
+        np.testing.assert_allclose(result.as_numpy("heatmap")[i], native.explain(image, class_index=i + 1).heatmap, atol=1e-5)
+
+
+def test_requested_outputs_only(rest):
+    result = rest.infer("tiny", [images_input(IMAGES[:1])], outputs=[triton.InferRequestedOutput("class_index")])
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["class_index"]
+    assert result.as_numpy("heatmap") is None
+
+
+def test_unknown_model_is_404(rest):
+    with pytest.raises(InferenceServerException) as err:
+        rest.infer("nope", [images_input(IMAGES[:1])])
+    assert err.value.status() == "404" and "not served" in err.value.message()
+    with pytest.raises(InferenceServerException) as err:
+        rest.get_model_metadata("nope")
+    assert err.value.status() == "404"
+
+
+def test_statistics_count_http_inferences(rest):
+    before = rest.get_inference_statistics("tiny")["model_stats"][0]["inference_count"]
+    rest.infer("tiny", [images_input(IMAGES)])
+    after = rest.get_inference_statistics("tiny")["model_stats"][0]
+    assert after["inference_count"] == before + len(IMAGES) and after["name"] == "tiny"
+
+
+# -- raw requests, as curl sends them ---------------------------------------
+
+
+def infer_body(data: list, shape: list, datatype: str = "UINT8") -> bytes:
+    return json.dumps({"inputs": [{"name": "images", "shape": shape, "datatype": datatype, "data": data}]}).encode()
+
+
+def test_every_get_endpoint(server):
+    for path in ("/v2", "/v2/models/tiny", "/v2/models/tiny/versions/1", "/v2/models/tiny/config", "/v2/models/tiny/stats", "/v2/models/stats"):
+        status, headers, body = call(server, "GET", path)
+        assert status == 200 and headers["Content-Type"].startswith("application/json"), path
+        json.loads(body)
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready", "/v2/models/tiny/versions/1/ready"):
+        assert call(server, "GET", path)[0] == 200, path
+    assert error_of(server, "GET", "/v2/models/nope/ready")[0] == 404
+    assert error_of(server, "GET", "/v2/models/tiny/versions/x/ready") == (400, "model_version 'x' is not a version number")
+    assert error_of(server, "GET", "/v2/nothing/here")[0] == 404
+    assert error_of(server, "DELETE", "/v2/models/tiny")[0] == 405
+
+
+def test_json_infer_with_nested_data(server, native):
+    status, _, body = call(server, "POST", "/v2/models/tiny/infer", infer_body(IMAGES[:1].tolist(), [1, SIZE, SIZE, 3]))
+    assert status == 200
+    answer = json.loads(body)
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert answer["model_name"] == "tiny" and answer["model_version"] == "1" and list(outputs) == OUTPUTS
+    assert outputs["heatmap"]["shape"] == [1, 16, 16] and outputs["heatmap"]["datatype"] == "FP32"
+    np.testing.assert_allclose(np.reshape(outputs["heatmap"]["data"], (16, 16)), native.explain(IMAGES[0]).heatmap, atol=1e-5)
+
+
+def test_binary_request_and_response_by_hand(server, native):
+    header = json.dumps({
+        "id": "by-hand",
+        "inputs": [{"name": "images", "shape": [1, SIZE, SIZE, 3], "datatype": "UINT8", "parameters": {"binary_data_size": IMAGES[0].nbytes}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "class_index"}],
+    }).encode()
+    status, headers, body = call(
+        server, "POST", "/v2/models/tiny/versions/1/infer", header + IMAGES[0].tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert status == 200 and headers["Content-Type"] == "application/octet-stream"
+    length = int(headers["Inference-Header-Content-Length"])
+    answer = json.loads(body[:length])
+    assert answer["id"] == "by-hand"
+    probabilities, class_index = answer["outputs"]
+    assert probabilities["parameters"]["binary_data_size"] == 4 * models.CLASSES and len(body) == length + 4 * models.CLASSES
+    expected = native.explain(IMAGES[0], return_scores=True)
+    np.testing.assert_allclose(np.frombuffer(body[length:], "<f4"), expected.probabilities, atol=1e-6)
+    assert class_index["data"] == [expected.class_index]
+
+
+@pytest.mark.parametrize(
+    "body, headers, message",
+    [
+        (b'{"inputs": [', {}, "not valid JSON"),
+        (b"[]", {}, '"inputs" list'),
+        (infer_body([0] * 10, [1, SIZE, SIZE, 3]), {}, f"needs {SIZE * SIZE * 3}"),
+        (infer_body([0] * (SIZE * SIZE), [1, SIZE, SIZE]), {}, "UINT8 [N,H,W,3]"),
+        (infer_body([300] * 3, [1, 1, 1, 3]), {}, "UINT8 values run from 0 to 255"),
+        (infer_body(["a"] * 3, [1, 1, 1, 3]), {}, "must be numbers"),
+        (infer_body([[0, 0], [0]], [1, 1, 1, 3]), {}, "rectangular"),
+        (infer_body([0] * 3, [1, 1, 1, 3], "FP16"), {}, "unsupported datatype"),
+        (infer_body([0] * 3, "1,1,1,3"), {}, "shape must be a list of integers"),
+        (b'{"inputs": [{"name": "images", "shape": [1], "datatype": "UINT8"}]}', {}, "neither data nor"),
+        (b'{"inputs": []}', {"Inference-Header-Content-Length": "999"}, "not a length within"),
+        (b'{"inputs": []}extra', {"Inference-Header-Content-Length": "14"}, "binary bytes after"),
+        (json.dumps({"inputs": json.loads(infer_body([0] * 3, [1, 1, 1, 3]))["inputs"], "outputs": [{"name": "nope"}]}).encode(), {}, "unknown output"),
+        (json.dumps({"inputs": [], "outputs": [{"name": "logits", "parameters": {"classification": 2}}]}).encode(), {}, "classification extension"),
+    ],
+    ids=["malformed", "not-an-object", "short-data", "wrong-shape", "out-of-range", "strings", "ragged", "datatype", "shape-type",
+         "no-data", "header-length", "trailing-bytes", "unknown-output", "classification"],
+)
+def test_bad_infer_requests_are_400(server, body, headers, message):
+    status, error = error_of(server, "POST", "/v2/models/tiny/infer", body, headers)
+    assert status == 400 and message in error, error
+
+
+def test_explain_by_upload_equals_the_grpc_api(server, native):
+    image = RNG.integers(0, 256, (45, 70, 3), dtype=np.uint8)  # not the model's size, not square
+    expected = native.explain(image, method="gradcam++", class_index=2, heatmap_type="uint8")
+    status, _, body = call(server, "POST", "/camserve/models/tiny/explain?method=gradcam%2B%2B&class_index=2&heatmap=uint8", png(image))
+    assert status == 200
+    answer = json.loads(body)
+    assert answer["method"] == "gradcam++" and answer["image"] == {"height": 45, "width": 70}
+    assert answer["explained"]["index"] == 2 and [p["index"] for p in answer["top_k"]] == [p.index for p in expected.top_k]
+    np.testing.assert_allclose([p["probability"] for p in answer["top_k"]], [p.probability for p in expected.top_k], atol=1e-6)
+    heatmap = answer["heatmap"]
+    assert (heatmap["encoding"], heatmap["height"], heatmap["width"]) == ("uint8", 16, 16)
+    values = np.frombuffer(base64.b64decode(heatmap["data"]), np.uint8).reshape(16, 16) / 255
+    np.testing.assert_allclose(values, expected.heatmap, atol=1.5 / 255)
+    box = expected.box()
+    assert answer["box"] == {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1}
+
+
+def test_overlay_png_and_multipart_upload(server, native):
+    image = RNG.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    expected = native.explain(image)
+    form = b"".join([
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n",
+        png(image),
+        b"\r\n--XyZ--\r\n",
+    ])
+    status, headers, body = call(
+        server, "POST", "/camserve/models/tiny/versions/1/explain?format=overlay&opacity=0.6&box=0", form,
+        {"Content-Type": "multipart/form-data; boundary=XyZ"},
+    )
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    drawn = cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    reference = blend(image, expected.heatmap_at(30, 40), "jet", 0.6)
+    assert np.abs(drawn.astype(int) - reference).max() <= 2
+
+
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("/camserve/models/tiny/explain", b"not an image", 400, "is not a JPEG, PNG"),
+        ("/camserve/models/tiny/explain", b"", 400, "no image"),
+        ("/camserve/models/tiny/explain?method=nope", None, 400, "unknown method"),
+        ("/camserve/models/tiny/explain?class_index=x", None, 400, "is not an integer"),
+        ("/camserve/models/tiny/explain?opacity=2", None, 400, "outside 0.0..1.0"),
+        ("/camserve/models/tiny/explain?colour=red", None, 400, "unknown query parameter"),
+        ("/camserve/models/tiny/explain?heatmap=none&format=overlay", None, 400, "an overlay needs a heatmap"),
+        ("/camserve/models/tiny/explain?colormap=nope", None, 400, "unknown OpenCV colormap"),
+        ("/camserve/models/nope/explain", None, 404, "not served"),
+        ("/camserve/models/tiny/versions/3/explain", None, 404, "version 3 is not loaded"),
+    ],
+)
+def test_bad_uploads_get_their_status(server, path, body, status, message):
+    body = png(IMAGES[0]) if body is None else body
+    got, error = error_of(server, "POST", path, body)
+    assert got == status and message in error, error
+
+
+def test_list_models(server):
+    status, _, body = call(server, "GET", "/camserve/models")
+    (model,) = json.loads(body)["models"]
+    assert status == 200 and model["name"] == "tiny" and model["input_height"] == SIZE and "gradcam" in model["methods"]
+
+
+# -- limits ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited(server_repo, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "limited.log"
+    with serving(server_repo, log, "--max-message-mb", "0.05", "--max-concurrent-rpcs", "2") as process:
+        yield process
+
+
+def test_oversize_body_is_413(limited):
+    image = np.zeros((1, 128, 128, 3), np.uint8)  # 48 KB of pixels: over 0.05 MB as JSON
+    status, error = error_of(limited, "POST", "/v2/models/tiny/infer", infer_body(image.tolist(), list(image.shape)))
+    assert status == 413 and "too large" in error, error
+    assert error_of(limited, "POST", "/camserve/models/tiny/explain", bytes(60_000))[0] == 413
+
+
+def test_calls_beyond_the_limit_are_429_and_the_server_recovers(limited):
+    """Two calls that hold their slots (their bodies never finish), then a third."""
+    held = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", limited.http_port))
+        s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        held.append(s)
+    time.sleep(0.5)
+    status, error = error_of(limited, "POST", "/v2/models/tiny/infer", infer_body([0] * 3, [1, 1, 1, 3]))
+    assert status == 429 and "calls in flight" in error
+    for s in held:
+        s.close()
+    deadline = time.monotonic() + 10
+    while call(limited, "GET", "/v2/health/ready")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status, _, body = call(limited, "POST", "/v2/models/tiny/infer", infer_body(IMAGES[0].tolist(), [1, SIZE, SIZE, 3]))
+    assert status == 200 and json.loads(body)["model_name"] == "tiny"
+    assert "unexpected error" not in limited.log.read_text()  # callers that hung up are no bug
