@@ -4,8 +4,9 @@ to another, against the same SavedModel in-process on the server's core.
     python benchmarks/request_path.py [--source demo] [--concurrency 1 32] [--seconds 8]
                                       [--workers 1 2] [--perf-analyzer PATH] [--server-args ...]
 
-Per API (KServe driven by Triton's perf_analyzer, native by camserve's own
-load tester, native with 8 images per ExplainMany call) and concurrency:
+Per API (KServe over gRPC and over HTTP driven by Triton's perf_analyzer,
+native by camserve's own load tester, native with 8 images per ExplainMany call)
+and concurrency:
 throughput, p50/p99, the server's CPU seconds per image (from /proc), and the
 ratio to the best in-process throughput (batch 1/8/32) on one of the server's
 cores. The load generator gets the last core and the server the others; with a
@@ -90,11 +91,13 @@ def in_process(version_dir: Path, size, pin: list[str]) -> dict:
     return {(int(k) if k.isdigit() else k): v for k, v in best.items()}
 
 
-def perf_analyzer(binary: str, pin: list[str], target: str, model: str, concurrency: int, seconds: float, batch: int = 1) -> dict:
+def perf_analyzer(
+    binary: str, pin: list[str], target: str, model: str, concurrency: int, seconds: float, batch: int = 1, protocol: str = "grpc"
+) -> dict:
     env = dict(os.environ)
     for lib in Path(binary).resolve().parent.parent.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"):
         env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
-    command = [*pin, binary, "-m", model, "-u", target, "-i", "grpc", "-b", str(batch), "--concurrency-range", str(concurrency)]
+    command = [*pin, binary, "-m", model, "-u", target, "-i", protocol, "-b", str(batch), "--concurrency-range", str(concurrency)]
     command += ["-p", str(int(seconds * 1000)), "--max-trials", "10", "--stability-percentage", "100"]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     out = done.stdout
@@ -160,13 +163,18 @@ def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best
         loads = []
         if args.perf_analyzer:
             loads += [("kserve (perf_analyzer)", c, 1) for c in args.concurrency]
+            loads += [("kserve HTTP (perf_analyzer -i http)", c, 1) for c in args.concurrency]
         loads += [("native (camserve client)", c, 1) for c in args.concurrency]
         loads += [("native, 8 images per ExplainMany", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
         if args.perf_analyzer:
             loads += [("kserve, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
+            loads += [("kserve HTTP, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
         for api, concurrency, per_call in loads:
             cpu0, images0, calls0 = tree_cpu_seconds(server.process.pid), served(server), worker_calls(server, workers)
-            if api.startswith("kserve"):
+            if api.startswith("kserve HTTP"):
+                url = server.http.removeprefix("http://")
+                result = perf_analyzer(args.perf_analyzer, load_pin, url, args.source, concurrency, args.seconds, per_call, "http")
+            elif api.startswith("kserve"):
                 result = perf_analyzer(args.perf_analyzer, load_pin, server.target, args.source, concurrency, args.seconds, per_call)
             else:
                 result = native(load_pin, server.target, args.source, concurrency, args.seconds, size, per_call)

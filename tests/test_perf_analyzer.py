@@ -1,4 +1,5 @@
-"""Triton's perf_analyzer, run the way SREs first run it: no input-data option."""
+"""Triton's perf_analyzer, run the way SREs first run it: no input-data option, over
+gRPC and over HTTP."""
 
 import os
 import shutil
@@ -24,9 +25,11 @@ def environment(binary: str) -> dict:
     perf_analyzer() is None,
     reason="perf_analyzer not found: set CAMSERVE_PERF_ANALYZER or put it on PATH (benchmarks/README.md, section 4)",
 )
-def test_default_perf_analyzer_run_measures_without_errors(server):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_default_perf_analyzer_run_measures_without_errors(server, protocol):
     binary = perf_analyzer()
-    command = [binary, "-m", "tiny", "-u", server.target, "-i", "grpc", "-p", "1000", "--max-trials", "5"]
+    url = server.target if protocol == "grpc" else server.http.removeprefix("http://")
+    command = [binary, "-m", "tiny", "-u", url, "-i", protocol, "-p", "1000", "--max-trials", "5"]
     command += ["--stability-percentage", "100"]  # a shared, noisy machine: measure, do not judge stability
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment(binary))
     output = result.stdout + result.stderr
