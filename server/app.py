@@ -72,7 +72,7 @@ class Server:
         native, kserve = CamServeService(self.registry, self.handler), KServeService(self.registry, self.handler)
         camserve_pb2_grpc.add_CamServeServicer_to_server(native, self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, self.grpc)
-        self.http = HttpServer(options, self.registry, self.handler, native, kserve) if options.http_port else None
+        self.http = HttpServer(options, self.registry, self.handler, native, kserve, self.metrics) if options.http_port else None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection([SERVICE_NAME, KSERVE_NAME, health_name, reflection.SERVICE_NAME], self.grpc)

@@ -4,7 +4,8 @@ v2 REST (rest_kserve.py), explain by upload (rest_explain.py) and the page at
 their admission, batchers, statuses and drain; this module only carries what
 HTTP adds: TLS from the same files, the same bearer token, the same limits on
 message size and calls in flight, and gRPC statuses as HTTP ones with an
-`{"error": "..."}` body, as the Open Inference Protocol says."""
+`{"error": "..."}` body, as the Open Inference Protocol says; and Prometheus's
+/metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import rest_explain, rest_kserve
 from .errors import RequestError, as_request_error
@@ -56,8 +58,9 @@ def _ssl_context(security) -> ssl.SSLContext | None:
 
 
 class HttpServer:
-    def __init__(self, options, registry, handler, camserve_service, kserve_service):
+    def __init__(self, options, registry, handler, camserve_service, kserve_service, metrics):
         self.options = options
+        self.metrics = metrics
         self.in_flight = 0
         self.expected = f"Bearer {options.security.token}".encode() if options.security.token else None
         self.app = web.Application(
@@ -65,6 +68,7 @@ class HttpServer:
         )
         self.app.router.add_routes(rest_kserve.routes(kserve_service, registry))
         self.app.router.add_routes(rest_explain.routes(camserve_service, handler))
+        self.app.router.add_get("/metrics", self._metrics)
         for path, name in PUBLIC_FILES.items():
             self.app.router.add_get(path, self._file(PAGE / name))
         self.runner: web.AppRunner | None = None
@@ -75,6 +79,11 @@ class HttpServer:
             return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
         return send
+
+    async def _metrics(self, request):
+        """Prometheus's scrape, behind the token when there is one (this port is public;
+        --metrics-port stays open on its own address)."""
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @web.middleware
     async def _errors(self, request, handler):

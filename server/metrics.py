@@ -1,8 +1,11 @@
-"""Prometheus metrics, served over HTTP on their own port. With --workers each
-worker writes its own (prometheus-client's multiprocess mode) and the
-supervisor serves their sum: gauges sum over the live workers."""
+"""Prometheus metrics, served over HTTP on their own port and at /metrics on the
+HTTP port. With --workers each worker writes its own (prometheus-client's
+multiprocess mode) and both endpoints serve their sum: gauges sum over the live
+workers."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, start_http_server
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -55,6 +58,10 @@ class Metrics:
     def serve(self, port: int, host: str = "127.0.0.1"):
         start_http_server(port, addr=host, registry=self.registry)
 
+    def exposition(self) -> bytes:
+        """The text Prometheus scrapes: every worker's sum under --workers."""
+        return generate_latest(summed() if "PROMETHEUS_MULTIPROC_DIR" in os.environ else self.registry)
+
     def _child(self, metric, *labels):
         """metric.labels(*labels), looked up once: labels() validates and locks on every call."""
         key = (metric, labels)
@@ -89,3 +96,10 @@ class Metrics:
         self._child(self.latency, model, api).observe(latency_s)
         if queue_s is not None:
             self._child(self.queue_time, model).observe(queue_s)
+
+
+def summed() -> CollectorRegistry:
+    """A registry that reads every worker's metrics files and sums them."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

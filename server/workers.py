@@ -95,11 +95,11 @@ class Supervisor:
         self.stopping = asyncio.Event()
 
     def _serve_metrics(self):
-        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+        from prometheus_client import start_http_server
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        start_http_server(self.options.metrics_port, addr=self.options.metrics_host, registry=registry)
+        from .metrics import summed
+
+        start_http_server(self.options.metrics_port, addr=self.options.metrics_host, registry=summed())
 
     async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair()

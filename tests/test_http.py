@@ -119,11 +119,15 @@ def test_unknown_model_is_404(rest):
     assert err.value.status() == "404"
 
 
-def test_statistics_count_http_inferences(rest):
+def test_statistics_and_metrics_count_http_inferences(server, rest):
     before = rest.get_inference_statistics("tiny")["model_stats"][0]["inference_count"]
     rest.infer("tiny", [images_input(IMAGES)])
     after = rest.get_inference_statistics("tiny")["model_stats"][0]
     assert after["inference_count"] == before + len(IMAGES) and after["name"] == "tiny"
+    status, headers, text = call(server, "GET", "/metrics")  # Prometheus on the HTTP port too
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    lines = [x for x in text.decode().splitlines() if x.startswith("camserve_requests_total") and 'api="kserve_http"' in x]
+    assert sum(float(x.split()[-1]) for x in lines) == server.metric("camserve_requests_total", api="kserve_http") >= 1
 
 
 # -- raw requests, as curl sends them ---------------------------------------
@@ -200,6 +204,7 @@ def test_binary_request_and_response_by_hand(server, native):
 def test_bad_infer_requests_are_400(server, body, headers, message):
     status, error = error_of(server, "POST", "/v2/models/tiny/infer", body, headers)
     assert status == 400 and message in error, error
+    assert call(server, "GET", "/v2/health/ready")[0] == 200
 
 
 def test_explain_by_upload_equals_the_grpc_api(server, native):

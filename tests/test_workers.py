@@ -99,6 +99,36 @@ def test_both_workers_answer_alike_and_their_metrics_add_up(pair, server):
     assert pair.metric("camserve_requests_total", model="tiny", code="OK") - ok_before == 16
 
 
+def test_http_shares_the_port_and_its_metrics_are_the_sum(pair, server):
+    import http.client
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = json.dumps({"inputs": [{"name": "images", "shape": [1, *IMAGE.shape], "datatype": "UINT8", "data": IMAGE.ravel().tolist()}]})
+    before = [pair.metric("camserve_worker_calls_total", worker=str(i)) for i in (0, 1)]
+    answers = []
+    for _ in range(16):  # a new connection each: the kernel spreads them over the workers
+        connection = http.client.HTTPConnection("127.0.0.1", pair.http_port, timeout=30)
+        connection.request("POST", "/v2/models/tiny/infer", body=body)
+        response = connection.getresponse()
+        assert response.status == 200
+        answers.append(json.loads(response.read()))
+        connection.close()
+    heatmaps = {tuple(np.round({o["name"]: o for o in a["outputs"]}["heatmap"]["data"], 5)) for a in answers}
+    assert len(heatmaps) == 1
+    after = [pair.metric("camserve_worker_calls_total", worker=str(i)) for i in (0, 1)]
+    assert all(b > a for a, b in zip(before, after)), f"16 connections should reach both workers: {before} -> {after}"
+    connection = http.client.HTTPConnection("127.0.0.1", pair.http_port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    scraped = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
+    calls = [sum(v for (n, labels), v in scraped.items() if n == "camserve_worker_calls_total" and ("worker", str(i)) in labels) for i in (0, 1)]
+    assert calls == [pair.metric("camserve_worker_calls_total", worker=str(i)) for i in (0, 1)]
+
+
 def test_a_killed_worker_is_replaced_while_the_other_serves(pair):
     victim = workers_of(pair.process)[0]
     outcomes = []
@@ -180,3 +210,4 @@ def test_workers_need_a_port_number(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 2 and "--workers shares one port" in result.stderr
+
