@@ -36,6 +36,7 @@ class ServerProcess:
         credentials=None,
         metrics_host: str = "127.0.0.1",
         prefix: tuple[str, ...] = (),  # e.g. ("taskset", "-c", "0") to pin the server
+        launcher: tuple[str, ...] | None = None,  # what runs `camserve` (default: python -m camserve)
     ):
         self.port, self.metrics_port, self.http_port = port or free_port(), free_port(), free_port()
         self.metrics_host = metrics_host
@@ -43,7 +44,7 @@ class ServerProcess:
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.log = log
         if command is None:
-            command = [*prefix, sys.executable, "-m", "camserve", "serve", "--repo", str(repo), "--host", "127.0.0.1"]
+            command = [*prefix, *(launcher or (sys.executable, "-m", "camserve")), "serve", "--repo", str(repo), "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--metrics-host", metrics_host]
             command += ["--http-port", str(self.http_port), *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))

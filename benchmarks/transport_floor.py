@@ -1,0 +1,120 @@
+"""What the transport alone costs: the real `camserve serve` (gRPC and HTTP, the
+same interceptors, limits and event loop) with KServe `infer` cut out and
+replaced by a canned answer of the right shapes, so that a call pays for the
+transport, the request's parsing and the response's serialisation, and
+nothing of camserve's pipeline or the model. Measured like request_path.py
+(server pinned to one core, perf_analyzer to another) beside the full server
+in the same run:
+
+    python benchmarks/transport_floor.py [--source demo] [--concurrency 1 32] [--seconds 5]
+
+It tells how much of the request path is Python gRPC / HTTP itself, which no
+trimming of camserve's code can remove. Prints a table and writes
+results/transport_floor_<source>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from request_path import cores, in_process, perf_analyzer, tree_cpu_seconds  # noqa: E402
+from workload import exported, random_images  # noqa: E402
+
+HERE = Path(__file__).parent
+
+# The server with KServeService.infer answering at once: outputs of the demo
+# model's shapes (N from the request), zeros.
+CANNED = """
+import sys
+import numpy as np
+from camserve.kserve import grpc_predict_v2_pb2 as kpb
+from camserve.server import kserve
+from camserve.server.tensors import encode_output
+
+SHAPES = {"logits": ("f4", (5,)), "probabilities": ("f4", (5,)), "class_index": ("i4", ()), "heatmap": ("f4", (16, 16)), "heatmap_scale": ("f4", ())}
+
+async def infer(self, request, context, api):
+    n = request.inputs[0].shape[0]
+    response = kpb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
+    for name in [o.name for o in request.outputs] or list(SHAPES):
+        dtype, shape = SHAPES[name]
+        response.raw_output_contents.append(encode_output(response.outputs.add(name=name), np.zeros((n, *shape), dtype)))
+    return response
+
+kserve.KServeService.infer = infer
+from camserve.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def measure(server, pin, model, concurrency, seconds, protocol, per_call=1) -> dict:
+    url = server.target if protocol == "grpc" else server.http.removeprefix("http://")
+    cpu0 = tree_cpu_seconds(server.process.pid)
+    started = time.monotonic()
+    result = perf_analyzer(ARGS.perf_analyzer, pin, url, model, concurrency, seconds, per_call, protocol)
+    cpu = tree_cpu_seconds(server.process.pid) - cpu0
+    # perf_analyzer runs a warm-up and several trials: the CPU spent over its whole run,
+    # divided by the images it would have sent at the measured rate over that time.
+    images = result["images_per_s"] * (time.monotonic() - started)
+    return {**result, "server_cpu_ms_per_image": round(cpu / images * 1e3, 3)}
+
+
+def main():
+    global ARGS
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="demo")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--perf-analyzer", default=None, help="default: $CAMSERVE_PERF_ANALYZER or perf_analyzer on PATH")
+    ARGS = parser.parse_args()
+    from camserve.server.process import ServerProcess
+
+    ARGS.perf_analyzer = ARGS.perf_analyzer or os.environ.get("CAMSERVE_PERF_ANALYZER") or shutil.which("perf_analyzer")
+    if not ARGS.perf_analyzer:
+        sys.exit("perf_analyzer not found (benchmarks/README.md section 4)")
+    server_pin, load_pin, one_core = cores()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        version = exported(ARGS.source, repo, ARGS.source, "none")
+        size = random_images(version, 1)[0].shape[:2]
+        best = in_process(version, size, one_core)
+        best_rate = max(v for k, v in best.items() if k != "latency_ms")
+        print(f"in-process on one of the server's cores: {best}", file=sys.stderr)
+        for kind in ("full server", "transport only"):
+            launcher = (sys.executable, "-c", CANNED) if kind == "transport only" else None
+            server = ServerProcess(repo, Path(tmp) / f"{kind}.log", prefix=tuple(server_pin), launcher=launcher)
+            try:
+                server.wait_for("SERVING", timeout=600)
+                for protocol in ("grpc", "http"):
+                    for concurrency, per_call in [(c, 1) for c in ARGS.concurrency] + [(max(1, max(ARGS.concurrency) // 8), 8)]:
+                        result = measure(server, load_pin, ARGS.source, concurrency, ARGS.seconds, protocol, per_call)
+                        row = {"server": kind, "protocol": protocol, "concurrency": concurrency, "images_per_call": per_call,
+                               **{k: round(v, 3) for k, v in result.items()}, "vs_in_process": round(result["images_per_s"] / best_rate, 3)}
+                        rows.append(row)
+                        print(f"  {kind:15s} {protocol:4s} c={concurrency:<3d} x{per_call} {row['images_per_s']:8.1f}/s "
+                              f"p50 {row['p50_ms']:6.2f} ms cpu {row['server_cpu_ms_per_image']:.3f} ms/img", file=sys.stderr)
+            finally:
+                server.terminate()
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "pinned": bool(server_pin),
+        "in_process": {str(k): round(v, 2) for k, v in best.items()},
+        "rows": rows,
+    }
+    out = HERE / "results" / f"transport_floor_{ARGS.source}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
