@@ -31,7 +31,8 @@ from workload import exported, random_images  # noqa: E402
 HERE = Path(__file__).parent
 
 # The server with KServeService.infer answering at once: outputs of the demo
-# model's shapes (N from the request), zeros.
+# model's shapes (N from the request), zeros; the model's statistics count the
+# call, as perf_analyzer wants to read them back.
 CANNED = """
 import sys
 import numpy as np
@@ -43,6 +44,9 @@ SHAPES = {"logits": ("f4", (5,)), "probabilities": ("f4", (5,)), "class_index": 
 
 async def infer(self, request, context, api):
     n = request.inputs[0].shape[0]
+    stats = self.registry.get(request.model_name).stats  # perf_analyzer reads them back
+    stats.batch(n, 0.0)
+    stats.request(True, 0.0, 0.0)
     response = kpb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
     for name in [o.name for o in request.outputs] or list(SHAPES):
         dtype, shape = SHAPES[name]
