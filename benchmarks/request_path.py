@@ -225,18 +225,21 @@ def main():
             rows += run_server(args, repo, Path(tmp), workers, size, best, best_rate, server_pin, load_pin)
     from camserve.server.device import select_device
 
-    result = {
-        "command": "python " + " ".join(sys.argv),
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "label": args.label,
-        "pinned": bool(server_pin),
-        "server_cores": server_pin[-1] if server_pin else "all",
-        "device": select_device(),
-        "in_process": {str(k): round(v, 2) for k, v in best.items()},
-        "rows": rows,
-    }
-    out = HERE / "results" / f"request_path_{args.source}{'_' + args.label if args.label else ''}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(
+        f"request_path_{args.source}{'_' + args.label if args.label else ''}",
+        label=args.label,
+        pinned=bool(server_pin),
+        server_cores=server_pin[-1] if server_pin else "all",
+        device=select_device(),
+        in_process={str(k): round(v, 2) for k, v in best.items()},
+        rows=rows,
+    )
+
+
+def write_results(stem: str, **fields):
+    """results/STEM.json: the command that made it, when, and `fields`; printed too."""
+    result = {"command": "python " + " ".join(sys.argv), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **fields}
+    (HERE / "results" / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

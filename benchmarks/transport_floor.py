@@ -16,7 +16,6 @@ results/transport_floor_<source>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -25,10 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from request_path import cores, in_process, perf_analyzer, tree_cpu_seconds  # noqa: E402
+from request_path import cores, in_process, perf_analyzer, tree_cpu_seconds, write_results  # noqa: E402
 from workload import exported, random_images  # noqa: E402
 
-HERE = Path(__file__).parent
 
 # The server with KServeService.infer answering at once: outputs of the demo
 # model's shapes (N from the request), zeros; the model's statistics count the
@@ -108,16 +106,9 @@ def main():
                               f"p50 {row['p50_ms']:6.2f} ms cpu {row['server_cpu_ms_per_image']:.3f} ms/img", file=sys.stderr)
             finally:
                 server.terminate()
-    result = {
-        "command": "python " + " ".join(sys.argv),
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "pinned": bool(server_pin),
-        "in_process": {str(k): round(v, 2) for k, v in best.items()},
-        "rows": rows,
-    }
-    out = HERE / "results" / f"transport_floor_{ARGS.source}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results(
+        f"transport_floor_{ARGS.source}", pinned=bool(server_pin), in_process={str(k): round(v, 2) for k, v in best.items()}, rows=rows
+    )
 
 
 if __name__ == "__main__":

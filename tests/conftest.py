@@ -68,6 +68,15 @@ def server(server_repo, tmp_path_factory):
         yield process
 
 
+@pytest.fixture(scope="module")
+def native(server):
+    """The camserve client on `server`'s `tiny` model."""
+    from camserve.client import Client
+
+    with Client(server.target, model="tiny") as client:
+        yield client
+
+
 SHAPED_BACKGROUND = 0x3366CC  # not the default white, so tests can tell the flag took effect
 
 

@@ -15,7 +15,6 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from camserve.client import Client
 from camserve.client.overlay import blend
 from camserve.server.process import serving
 from tests import models
@@ -31,12 +30,6 @@ def rest(server):
     client = triton.InferenceServerClient(url=server.http.removeprefix("http://"))
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def native(server):
-    with Client(server.target, model="tiny") as client:
-        yield client
 
 
 def call(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:

@@ -12,7 +12,6 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from camserve.client import Client
 from tests import models, reference
 
 SIZE = models.SIZE
@@ -24,12 +23,6 @@ def kserve(server):
     client = triton.InferenceServerClient(url=server.target)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def native(server):
-    with Client(server.target, model="tiny") as client:
-        yield client
 
 
 def images_input(images):
