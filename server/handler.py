@@ -328,7 +328,7 @@ def _check_response_size(pixels: int, heatmap_type: int, limit: int):
         )
 
 
-def deadline(context, received: float, timeout_ms: int = 0) -> float | None:
+def deadline(context, received: float, timeout_ms: float = 0) -> float | None:
     """The earlier of the call's deadline and the request's own timeout_ms (a
     stream's images have no other), on the time.monotonic() clock."""
     remaining = context.time_remaining() if context is not None else None

@@ -12,7 +12,8 @@ codes would be refused, so a default `perf_analyzer -m MODEL` run must not see
 them. `class_index` (-r: the r-th highest class), `method`, `counterfactual`
 (INT32 or BOOL), `layer` and the alternative `image_bytes` are accepted
 all the same (tritonclient users send them by name); ModelConfig's
-`parameters` list them for tools that look.
+`parameters` list them for tools that look. The request parameter `timeout`
+(microseconds) is a deadline, as in Triton.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def version_number(text: str) -> int:
     if not text.isdigit():
         raise invalid(f"model_version {text!r} is not a version number")
     return int(text)
+
+
+def _timeout_ms(request) -> float:
+    """Triton's `timeout` request parameter, in microseconds (tritonclient's
+    `infer(timeout=...)`), as a deadline on top of the call's own; 0: none.
+    Sequence parameters are refused: there is no sequence batching to honour them."""
+    parameters = request.parameters
+    if any(name.startswith("sequence_") for name in parameters):
+        raise invalid("sequence parameters (sequence_id, sequence_start, sequence_end) are not supported: models here are stateless")
+    if "timeout" not in parameters:
+        return 0
+    value = parameters["timeout"]
+    kind = value.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param") or getattr(value, kind) < 0:
+        raise invalid("parameter 'timeout' is a number of microseconds (int64, at least 0)")
+    return getattr(value, kind) / 1000
 
 
 def _tensor(name, datatype, shape):
@@ -188,7 +205,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             images, class_index, method = tensors
             if not {"heatmap", "heatmap_scale"} & set(wanted):  # no map asked for: the predict signature
                 method = [PREDICT] * len(images)
-            until = deadline(context, received)
+            until = deadline(context, received, _timeout_ms(request))
             with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
                 runs = [self.handler.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
                 # One image (the common case) needs no tasks of its own.

@@ -109,6 +109,20 @@ def _input(tensor, binary: memoryview, offset: int) -> tuple[kpb.ModelInferReque
     return kpb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape), raw, offset
 
 
+def _parameter(message: kpb.InferParameter, name: str, value):
+    """A request parameter as the gRPC message carries it (kserve.py reads them there)."""
+    if isinstance(value, bool):
+        message.bool_param = value
+    elif isinstance(value, int) and -(2**63) <= value < 2**63:
+        message.int64_param = value
+    elif isinstance(value, str):
+        message.string_param = value
+    elif isinstance(value, float):
+        message.double_param = value
+    else:
+        raise invalid(f"parameter {name!r} is a boolean, an integer, a number or a string")
+
+
 def parse_infer(body: bytes, header_length: str | None, model: str, version: str) -> tuple[kpb.ModelInferRequest, set[str]]:
     """The request message, and the outputs to send as binary data."""
     if header_length is None:
@@ -127,6 +141,8 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
     if not isinstance(parameters, dict):
         raise invalid('"parameters" is an object')
     request = kpb.ModelInferRequest(model_name=model, model_version=version, id=str(document.get("id", "")))
+    for name, value in parameters.items():
+        _parameter(request.parameters[name], name, value)
     offset = 0
     for tensor in document["inputs"]:
         message, raw, offset = _input(tensor, binary, offset)

@@ -153,6 +153,19 @@ def test_json_infer_with_nested_data(server, native):
     np.testing.assert_allclose(np.reshape(outputs["heatmap"]["data"], (16, 16)), native.explain(IMAGES[0]).heatmap, atol=1e-5)
 
 
+def test_the_timeout_parameter_is_a_deadline(server):
+    """Triton's request parameter `timeout` (microseconds), as tritonclient's infer(timeout=...) sends it."""
+    body = json.loads(infer_body(IMAGES[0].tolist(), [1, SIZE, SIZE, 3]))
+    for timeout, status in ((1, 504), (60_000_000, 200)):
+        body["parameters"] = {"timeout": timeout}
+        assert call(server, "POST", "/v2/models/tiny/infer", json.dumps(body).encode())[0] == status
+    body["parameters"] = {"timeout": "soon"}
+    assert error_of(server, "POST", "/v2/models/tiny/infer", json.dumps(body).encode()) == (
+        400, "parameter 'timeout' is a number of microseconds (int64, at least 0)")
+    body["parameters"] = {"sequence_id": 7}
+    assert error_of(server, "POST", "/v2/models/tiny/infer", json.dumps(body).encode())[0] == 400
+
+
 def test_binary_request_and_response_by_hand(server, native):
     header = json.dumps({
         "id": "by-hand",

@@ -156,6 +156,15 @@ def test_errors_are_invalid_argument(kserve, build, message):
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT" and message in err.value.message()
 
 
+def test_the_timeout_parameter_is_a_deadline(kserve):
+    """tritonclient's infer(timeout=...) asks the server to give up after that many microseconds."""
+    images = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+    with pytest.raises(InferenceServerException) as err:
+        kserve.infer("tiny", [images_input(images)], timeout=1)
+    assert "DEADLINE_EXCEEDED" in err.value.status()
+    assert kserve.infer("tiny", [images_input(images)], timeout=60_000_000).as_numpy("class_index").shape == (1,)
+
+
 def test_unknown_model_and_output(kserve):
     images = reference.smooth_images(1, SIZE, seed=44)
     with pytest.raises(InferenceServerException) as err:
