@@ -8,10 +8,12 @@ log = logging.getLogger("camserve.errors")
 
 
 class RequestError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None):
+        """`http_status`: where HTTP says more than the gRPC code's usual mapping (413)."""
         super().__init__(message)
         self.code = code
         self.message = message
+        self.http_status = http_status
 
 
 def invalid(message: str) -> RequestError:

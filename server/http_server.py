@@ -24,6 +24,10 @@ from .errors import RequestError, as_request_error
 log = logging.getLogger("camserve.http")
 
 PAGE = Path(__file__).parent / "page"
+# A JSON tensor body takes up to about 10 times its size while it is parsed into Python
+# lists and an array (binary tensors about once): JSON bodies get this share of the message
+# limit, so that an HTTP call in flight holds no more than a gRPC call does (README, memory).
+JSON_SHARE = 8
 OPEN_PATHS = ("/v2/health/",)  # probes carry no secrets, as on gRPC
 PUBLIC_FILES = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}  # the page asks for a token itself
 
@@ -66,7 +70,7 @@ class HttpServer:
         self.app = web.Application(
             client_max_size=options.max_message_bytes, middlewares=[self._errors, self._admit]
         )
-        self.app.router.add_routes(rest_kserve.routes(kserve_service, registry))
+        self.app.router.add_routes(rest_kserve.routes(kserve_service, registry, options.max_message_bytes // JSON_SHARE))
         self.app.router.add_routes(rest_explain.routes(camserve_service, handler))
         self.app.router.add_get("/metrics", self._metrics)
         for path, name in PUBLIC_FILES.items():
@@ -92,7 +96,7 @@ class HttpServer:
         try:
             return await handler(request)
         except RequestError as err:
-            return error(STATUS.get(err.code, 500), err.message)
+            return error(err.http_status or STATUS.get(err.code, 500), err.message)
         except web.HTTPRequestEntityTooLarge:
             limit = self.options.max_message_bytes / 2**20
             return error(413, f"the request body is too large: the limit is {limit:g} MB (--max-message-mb), as on gRPC")

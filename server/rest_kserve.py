@@ -13,6 +13,7 @@ import json
 import math
 import struct
 
+import grpc
 import numpy as np
 from aiohttp import web
 
@@ -20,7 +21,7 @@ from camserve.kserve import grpc_predict_v2_pb2 as kpb
 
 from . import kserve
 from .context import Context
-from .errors import invalid
+from .errors import RequestError, invalid
 from .tensors import NUMPY
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -123,14 +124,24 @@ def _parameter(message: kpb.InferParameter, name: str, value):
         raise invalid(f"parameter {name!r} is a boolean, an integer, a number or a string")
 
 
-def parse_infer(body: bytes, header_length: str | None, model: str, version: str) -> tuple[kpb.ModelInferRequest, set[str]]:
-    """The request message, and the outputs to send as binary data."""
+def parse_infer(
+    body: bytes, header_length: str | None, model: str, version: str, max_json: int = 2**62
+) -> tuple[kpb.ModelInferRequest, set[str]]:
+    """The request message, and the outputs to send as binary data. A JSON part over
+    `max_json` bytes is refused (413) before it is parsed."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise invalid(f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
         header, binary = body[: int(header_length)], memoryview(body)[int(header_length) :]
+    if len(header) > max_json:
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"a JSON request of {len(header) / 2**20:.1f} MB is over the {max_json / 2**20:.2f} MB JSON limit (1/8 of --max-message-mb: "
+            "JSON costs about 10 times its size to parse): send large tensors as binary data (Inference-Header-Content-Length) or image_bytes",
+            http_status=413,
+        )
     try:
         document = json.loads(header)
     except (ValueError, UnicodeDecodeError) as err:
@@ -193,8 +204,9 @@ def _ok(flag: bool, what: str) -> web.Response:
     return web.json_response({"error": f"{what} is not ready"}, status=503)
 
 
-def routes(service, registry) -> list[web.RouteDef]:
-    """`service`: the KServeService whose methods answer."""
+def routes(service, registry, max_json: int) -> list[web.RouteDef]:
+    """`service`: the KServeService whose methods answer; `max_json`: the largest JSON
+    part of an infer request, in bytes."""
     def target(request) -> tuple[str, str]:
         return request.match_info["model"], request.match_info.get("version", "")
 
@@ -233,7 +245,7 @@ def routes(service, registry) -> list[web.RouteDef]:
     async def infer(request):
         name, version = target(request)
         body = await request.read()  # aiohttp refuses a body over the message limit (413)
-        message, binary_outputs = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version)
+        message, binary_outputs = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version, max_json)
         return infer_response(await service.infer(message, Context(), "kserve_http"), binary_outputs)
 
     table = [

@@ -130,6 +130,13 @@ def infer_body(data: list, shape: list, datatype: str = "UINT8") -> bytes:
     return json.dumps({"inputs": [{"name": "images", "shape": shape, "datatype": datatype, "data": data}]}).encode()
 
 
+def binary_body(images) -> tuple[bytes, dict]:
+    """An infer request with `images` as a binary tensor, and its header."""
+    header = json.dumps({"inputs": [{"name": "images", "shape": list(images.shape), "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": images.nbytes}}]}).encode()
+    return header + images.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
 def test_every_get_endpoint(server):
     for path in ("/v2", "/v2/models/tiny", "/v2/models/tiny/versions/1", "/v2/models/tiny/config", "/v2/models/tiny/stats", "/v2/models/stats"):
         status, headers, body = call(server, "GET", path)
@@ -292,6 +299,14 @@ def test_oversize_body_is_413(limited):
     assert error_of(limited, "POST", "/camserve/models/tiny/explain", bytes(60_000))[0] == 413
 
 
+def test_json_over_an_eighth_of_the_limit_is_413_and_binary_is_not(limited):
+    """JSON costs about ten times its size to parse: it gets 1/8 of the message limit."""
+    image = RNG.integers(0, 256, (1, 40, 40, 3), dtype=np.uint8)  # 4.8 KB of pixels, about 20 KB as JSON
+    status, error = error_of(limited, "POST", "/v2/models/tiny/infer", infer_body(image.tolist(), list(image.shape)))
+    assert status == 413 and "JSON limit" in error and "binary data" in error, error
+    assert call(limited, "POST", "/v2/models/tiny/infer", *binary_body(image))[0] == 200
+
+
 def test_calls_beyond_the_limit_are_429_and_the_server_recovers(limited):
     """Two calls that hold their slots (their bodies never finish), then a third."""
     held = []
@@ -307,6 +322,6 @@ def test_calls_beyond_the_limit_are_429_and_the_server_recovers(limited):
     deadline = time.monotonic() + 10
     while call(limited, "GET", "/v2/health/ready")[0] != 200 and time.monotonic() < deadline:
         time.sleep(0.1)
-    status, _, body = call(limited, "POST", "/v2/models/tiny/infer", infer_body(IMAGES[0].tolist(), [1, SIZE, SIZE, 3]))
+    status, _, body = call(limited, "POST", "/v2/models/tiny/infer", *binary_body(IMAGES[:1]))
     assert status == 200 and json.loads(body)["model_name"] == "tiny"
     assert "unexpected error" not in limited.log.read_text()  # callers that hung up are no bug

@@ -168,13 +168,19 @@ def test_a_caller_leaving_mid_stream_leaves_no_work_behind(strict):
 
 
 def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
-    """Callers keep sending while the server is told to stop: everything sent
-    before the signal succeeds, later calls succeed or are refused, health turns
-    NOT_SERVING, and the process exits 0. Refusals are UNAVAILABLE from camserve;
-    calls that reach gRPC while its listener closes come back CANCELLED, never
-    having started (gRPC's own behaviour, grpc/grpc#41785)."""
+    """Callers keep sending, over gRPC and over HTTP, while the server is told to
+    stop: everything sent before the signal succeeds, later calls succeed or are
+    refused, health turns NOT_SERVING, and the process exits 0. Refusals are
+    UNAVAILABLE (HTTP 503) from camserve; calls that reach gRPC while its listener
+    closes come back CANCELLED, never having started (gRPC's own behaviour,
+    grpc/grpc#41785), and HTTP calls then find no listener."""
+    import http.client
+
+    import cv2
+
     outcomes, stop = [], threading.Event()
     signalled = []
+    png = cv2.imencode(".png", IMAGE)[1].tobytes()
 
     def caller():
         with Client(strict.target, model="slow", retries=0) as client:
@@ -186,7 +192,20 @@ def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
                 except grpc.RpcError as err:
                     outcomes.append((started, err.code()))
 
-    threads = [threading.Thread(target=caller) for _ in range(8)]
+    def http_caller():
+        while not stop.is_set():
+            started = time.monotonic()
+            connection = http.client.HTTPConnection("127.0.0.1", strict.http_port, timeout=30)
+            try:
+                connection.request("POST", "/camserve/models/slow/explain?heatmap=uint8", body=png)
+                outcomes.append((started, connection.getresponse().status))
+            except ConnectionError:
+                outcomes.append((started, "no listener"))
+                time.sleep(0.05)
+            finally:
+                connection.close()
+
+    threads = [threading.Thread(target=target) for target in [caller] * 4 + [http_caller] * 4]
     for t in threads:
         t.start()
     time.sleep(1.0)
@@ -200,10 +219,11 @@ def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
         t.join()
     assert code == 0, strict.log_tail()
     before = [c for started, c in outcomes if started < signalled[0]]
-    assert before and all(c == grpc.StatusCode.OK for c in before)
+    assert {grpc.StatusCode.OK, 200} == set(before), before
     after = {c for started, c in outcomes if started >= signalled[0]}
-    assert after <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert after <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, 200, 503, "no listener"}
     assert grpc.StatusCode.UNAVAILABLE in after, "calls during the drain should be refused UNAVAILABLE"
+    assert 503 in after, "HTTP calls during the drain should be refused with 503"
 
 
 def rss_kb(pid: int, field: str) -> int:
