@@ -151,12 +151,13 @@ def render(found: messages.Explanation, options: Options, image: bytes, backgrou
 
 
 async def _image(request: web.Request) -> bytes:
-    """The raw body, or the first file of a multipart form."""
+    """The raw body, or the first file of a multipart form. Both are read by aiohttp
+    within the message limit (413 beyond); a form's files go to temporary files."""
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        async for part in reader:
-            if part.filename is not None or part.name in ("image", "file"):
-                return bytes(await part.read())
+        form = await request.post()
+        for field in form.values():
+            if isinstance(field, web.FileField):
+                return field.file.read()
         raise invalid("the multipart form carries no file: send the image as a file field")
     return await request.read()
 

@@ -297,6 +297,9 @@ def test_oversize_body_is_413(limited):
     status, error = error_of(limited, "POST", "/v2/models/tiny/infer", infer_body(image.tolist(), list(image.shape)))
     assert status == 413 and "too large" in error, error
     assert error_of(limited, "POST", "/camserve/models/tiny/explain", bytes(60_000))[0] == 413
+    form = b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n" + bytes(60_000) + b"\r\n--B--\r\n"
+    headers = {"Content-Type": "multipart/form-data; boundary=B"}
+    assert error_of(limited, "POST", "/camserve/models/tiny/explain", form, headers)[0] == 413  # a form too
 
 
 def test_json_over_an_eighth_of_the_limit_is_413_and_binary_is_not(limited):
