@@ -113,3 +113,22 @@ def test_a_bad_file_shows_the_servers_error(server, browser, tmp_path):
     page.wait_for_selector(".card[data-state=error]", timeout=30_000)
     assert "is not a JPEG, PNG" in page.inner_text(".card .error")
     page.close()
+
+
+def test_several_images_dropped_at_once_are_each_explained(server, browser, image):
+    page = browser.new_page()
+    page.goto(server.http + "/")
+    page.wait_for_selector("#model option", state="attached")
+    data = base64.b64encode(image.read_bytes()).decode()
+    page.evaluate(
+        """data => {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const dropped = new DataTransfer();
+            for (const name of ["one.png", "two.png", "three.png"]) dropped.items.add(new File([bytes], name, {type: "image/png"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dropped, bubbles: true, cancelable: true}));
+        }""",
+        data,
+    )
+    page.wait_for_function("document.querySelectorAll('.card[data-state=done]').length == 3", timeout=30_000)
+    assert sorted(page.eval_on_selector_all(".card .name", "ns => ns.map(n => n.textContent)")) == ["one.png", "three.png", "two.png"]
+    page.close()
