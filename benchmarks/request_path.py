@@ -19,7 +19,6 @@ Prints a table and writes results/request_path_<source>.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -30,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from workload import exported, random_images  # noqa: E402
