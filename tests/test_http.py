@@ -317,8 +317,11 @@ def test_calls_beyond_the_limit_are_429_and_the_server_recovers(limited):
         s = socket.create_connection(("127.0.0.1", limited.http_port))
         s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         held.append(s)
-    time.sleep(0.5)
-    status, error = error_of(limited, "POST", "/v2/models/tiny/infer", infer_body([0] * 3, [1, 1, 1, 3]))
+    for _ in range(50):  # until both have reached their handlers (a loaded machine may take a moment)
+        status, error = error_of(limited, "POST", "/v2/models/tiny/infer", b"{}")
+        if status == 429:
+            break
+        time.sleep(0.1)
     assert status == 429 and "calls in flight" in error
     for s in held:
         s.close()
