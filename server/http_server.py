@@ -10,7 +10,6 @@ message size and calls in flight, and gRPC statuses as HTTP ones with an
 from __future__ import annotations
 
 import hmac
-import logging
 import ssl
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import rest_explain, rest_kserve
 from .errors import RequestError, as_request_error
-
-log = logging.getLogger("camserve.http")
 
 PAGE = Path(__file__).parent / "page"
 # A JSON tensor body takes up to about 10 times its size while it is parsed into Python
@@ -47,7 +44,9 @@ STATUS = {
 
 
 def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    # A 401 names the scheme it wants, as HTTP asks.
+    headers = {"WWW-Authenticate": 'Bearer realm="camserve"'} if status == 401 else None
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 def _ssl_context(security) -> ssl.SSLContext | None:
@@ -119,7 +118,7 @@ class HttpServer:
             if not hmac.compare_digest(sent, self.expected):
                 raise RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (Authorization header)")
         if self.in_flight >= self.options.max_concurrent_rpcs:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.in_flight} calls in flight, the server's limit: retry later")
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.in_flight} calls in flight, the server's limit (--max-concurrent-rpcs): retry later")
         self.in_flight += 1
         try:
             return await handler(request)

@@ -98,7 +98,7 @@ def test_cli_takes_the_same_options(secure_server, pki, tmp_path):
 
 
 def https(server, pki, path, token=TOKEN, cert=True, method="GET", body=None):
-    """(status, body) of one HTTPS request to the server's HTTP port."""
+    """(status, body, headers) of one HTTPS request to the server's HTTP port."""
     import http.client
     import ssl
 
@@ -109,7 +109,7 @@ def https(server, pki, path, token=TOKEN, cert=True, method="GET", body=None):
     try:
         connection.request(method, path, body=body, headers={"Authorization": f"Bearer {token}"} if token else {})
         response = connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.read(), dict(response.getheaders())
     finally:
         connection.close()
 
@@ -120,11 +120,11 @@ def test_http_takes_the_same_certificates_and_token(secure_server, pki):
     import urllib.request
 
     infer = json.dumps({"inputs": [{"name": "images", "shape": [1, *IMAGE.shape], "datatype": "UINT8", "data": IMAGE.ravel().tolist()}]})
-    status, body = https(secure_server, pki, "/v2/models/tiny/infer", method="POST", body=infer)
+    status, body, _ = https(secure_server, pki, "/v2/models/tiny/infer", method="POST", body=infer)
     assert status == 200 and json.loads(body)["model_name"] == "tiny"
     for token in (None, "wrong", TOKEN + "x"):
-        status, body = https(secure_server, pki, "/v2/models/tiny", token=token)
-        assert status == 401 and "bearer token" in json.loads(body)["error"]
+        status, body, headers = https(secure_server, pki, "/v2/models/tiny", token=token)
+        assert status == 401 and "bearer token" in json.loads(body)["error"] and headers["WWW-Authenticate"].startswith("Bearer")
         assert https(secure_server, pki, "/camserve/models", token=token)[0] == 401
     # Probes carry no secrets, and the page asks for the token itself.
     assert https(secure_server, pki, "/v2/health/ready", token=None)[0] == 200
