@@ -28,8 +28,8 @@ from request_path import cores, in_process, perf_analyzer, tree_cpu_seconds, wri
 from workload import exported, random_images  # noqa: E402
 
 
-# The server with KServeService.infer answering at once: outputs of the demo
-# model's shapes (N from the request), zeros; the model's statistics count the
+# The server with KServeService.infer answering at once: zeros of the served
+# model's output shapes (N from the request); the model's statistics count the
 # call, as perf_analyzer wants to read them back.
 CANNED = """
 import sys
@@ -38,16 +38,16 @@ from camserve.kserve import grpc_predict_v2_pb2 as kpb
 from camserve.server import kserve
 from camserve.server.tensors import encode_output
 
-SHAPES = {"logits": ("f4", (5,)), "probabilities": ("f4", (5,)), "class_index": ("i4", ()), "heatmap": ("f4", (16, 16)), "heatmap_scale": ("f4", ())}
-
 async def infer(self, request, context, api):
     n = request.inputs[0].shape[0]
-    stats = self.registry.get(request.model_name).stats  # perf_analyzer reads them back
-    stats.batch(n, 0.0)
-    stats.request(True, 0.0, 0.0)
-    response = kpb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
-    for name in [o.name for o in request.outputs] or list(SHAPES):
-        dtype, shape = SHAPES[name]
+    model = self.registry.get(request.model_name)
+    model.stats.batch(n, 0.0)
+    model.stats.request(True, 0.0, 0.0)
+    shapes = {"logits": ("f4", (model.num_classes,)), "probabilities": ("f4", (model.num_classes,)), "class_index": ("i4", ()),
+              "heatmap": ("f4", tuple(model.metadata["feature_size"])), "heatmap_scale": ("f4", ())}
+    response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
+    for name in [o.name for o in request.outputs] or list(shapes):
+        dtype, shape = shapes[name]
         response.raw_output_contents.append(encode_output(response.outputs.add(name=name), np.zeros((n, *shape), dtype)))
     return response
 
@@ -57,11 +57,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def measure(server, pin, model, concurrency, seconds, protocol, per_call=1) -> dict:
+def measure(binary, server, pin, model, concurrency, seconds, protocol, per_call=1) -> dict:
     url = server.target if protocol == "grpc" else server.http.removeprefix("http://")
     cpu0 = tree_cpu_seconds(server.process.pid)
     started = time.monotonic()
-    result = perf_analyzer(ARGS.perf_analyzer, pin, url, model, concurrency, seconds, per_call, protocol)
+    result = perf_analyzer(binary, pin, url, model, concurrency, seconds, per_call, protocol)
     cpu = tree_cpu_seconds(server.process.pid) - cpu0
     # perf_analyzer runs a warm-up and several trials: the CPU spent over its whole run,
     # divided by the images it would have sent at the measured rate over that time.
@@ -70,23 +70,22 @@ def measure(server, pin, model, concurrency, seconds, protocol, per_call=1) -> d
 
 
 def main():
-    global ARGS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="demo")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--perf-analyzer", default=None, help="default: $CAMSERVE_PERF_ANALYZER or perf_analyzer on PATH")
-    ARGS = parser.parse_args()
+    args = parser.parse_args()
     from camserve.server.process import ServerProcess
 
-    ARGS.perf_analyzer = ARGS.perf_analyzer or os.environ.get("CAMSERVE_PERF_ANALYZER") or shutil.which("perf_analyzer")
-    if not ARGS.perf_analyzer:
+    args.perf_analyzer = args.perf_analyzer or os.environ.get("CAMSERVE_PERF_ANALYZER") or shutil.which("perf_analyzer")
+    if not args.perf_analyzer:
         sys.exit("perf_analyzer not found (benchmarks/README.md section 4)")
     server_pin, load_pin, one_core = cores()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        version = exported(ARGS.source, repo, ARGS.source, "none")
+        version = exported(args.source, repo, args.source, "none")
         size = random_images(version, 1)[0].shape[:2]
         best = in_process(version, size, one_core)
         best_rate = max(v for k, v in best.items() if k != "latency_ms")
@@ -97,8 +96,8 @@ def main():
             try:
                 server.wait_for("SERVING", timeout=600)
                 for protocol in ("grpc", "http"):
-                    for concurrency, per_call in [(c, 1) for c in ARGS.concurrency] + [(max(1, max(ARGS.concurrency) // 8), 8)]:
-                        result = measure(server, load_pin, ARGS.source, concurrency, ARGS.seconds, protocol, per_call)
+                    for concurrency, per_call in [(c, 1) for c in args.concurrency] + [(max(1, max(args.concurrency) // 8), 8)]:
+                        result = measure(args.perf_analyzer, server, load_pin, args.source, concurrency, args.seconds, protocol, per_call)
                         row = {"server": kind, "protocol": protocol, "concurrency": concurrency, "images_per_call": per_call,
                                **{k: round(v, 3) for k, v in result.items()}, "vs_in_process": round(result["images_per_s"] / best_rate, 3)}
                         rows.append(row)
@@ -107,7 +106,7 @@ def main():
             finally:
                 server.terminate()
     write_results(
-        f"transport_floor_{ARGS.source}", pinned=bool(server_pin), in_process={str(k): round(v, 2) for k, v in best.items()}, rows=rows
+        f"transport_floor_{args.source}", pinned=bool(server_pin), in_process={str(k): round(v, 2) for k, v in best.items()}, rows=rows
     )
 
 

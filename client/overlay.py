@@ -13,8 +13,13 @@ def colormap(name: str) -> int:
         raise ValueError(f"unknown OpenCV colormap {name!r}") from None
 
 
+def colorize(heatmap: np.ndarray, colormap_name: str = "jet") -> np.ndarray:
+    """A heatmap ([0,1] floats) as RGB uint8 in the colormap."""
+    levels = np.uint8(np.round(255 * np.clip(heatmap, 0.0, 1.0)))
+    return cv2.cvtColor(cv2.applyColorMap(levels, colormap(colormap_name)), cv2.COLOR_BGR2RGB)
+
+
 def blend(image_rgb: np.ndarray, heatmap: np.ndarray, colormap_name: str = "jet", alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """RGB uint8 image with a heatmap of the same size ([0,1] floats) blended over it."""
-    levels = np.uint8(np.round(255 * np.clip(heatmap, 0.0, 1.0)))
-    colored = cv2.cvtColor(cv2.applyColorMap(levels, colormap(colormap_name)), cv2.COLOR_BGR2RGB)
+    colored = colorize(heatmap, colormap_name)
     return cv2.addWeighted(np.asarray(image_rgb, np.uint8), 1.0 - alpha, colored, alpha, 0.0)

@@ -1,9 +1,7 @@
 """What the gRPC services read of a call's context, for a call that came over
-HTTP: its deadline and abort(), so the services' methods answer HTTP too."""
+HTTP: its deadline (none) and abort(), so the services' methods answer HTTP too."""
 
 from __future__ import annotations
-
-import time
 
 import grpc
 
@@ -11,11 +9,11 @@ from .errors import RequestError
 
 
 class Context:
-    def __init__(self, timeout_s: float | None = None):
-        self.ends = time.monotonic() + timeout_s if timeout_s is not None else None
+    """HTTP has no call deadline; a request's own (KServe's `timeout`, explain's
+    `timeout_ms`) travels in the request, as on gRPC."""
 
-    def time_remaining(self) -> float | None:
-        return None if self.ends is None else self.ends - time.monotonic()
+    def time_remaining(self) -> None:
+        return None
 
     async def abort(self, code: grpc.StatusCode, message: str):
         raise RequestError(code, message)

@@ -50,10 +50,11 @@ def version_number(text: str) -> int:
     return int(text)
 
 
-def _timeout_ms(request) -> float:
-    """Triton's `timeout` request parameter, in microseconds (tritonclient's
-    `infer(timeout=...)`), as a deadline on top of the call's own; 0: none.
-    Sequence parameters are refused: there is no sequence batching to honour them."""
+def _request_parameters(request) -> float:
+    """The request's parameters, checked; returns Triton's `timeout` (given in
+    microseconds, as tritonclient's `infer(timeout=...)` sends it) in milliseconds,
+    a deadline on top of the call's own; 0: none. Sequence parameters are refused:
+    there is no sequence batching to honour them."""
     parameters = request.parameters
     if any(name.startswith("sequence_") for name in parameters):
         raise invalid("sequence parameters (sequence_id, sequence_start, sequence_end) are not supported: models here are stateless")
@@ -205,7 +206,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             images, class_index, method = tensors
             if not {"heatmap", "heatmap_scale"} & set(wanted):  # no map asked for: the predict signature
                 method = [PREDICT] * len(images)
-            until = deadline(context, received, _timeout_ms(request))
+            until = deadline(context, received, _request_parameters(request))
             with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
                 runs = [self.handler.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
                 # One image (the common case) needs no tasks of its own.

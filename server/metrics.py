@@ -11,9 +11,18 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+def summed_registry() -> CollectorRegistry:
+    """A registry that reads every worker's metrics files and sums them."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
 class Metrics:
     def __init__(self, worker: str = "0"):
         self.registry = CollectorRegistry()
+        # Under --workers (multiprocess mode) a scrape reads every worker's files.
+        self._scraped = summed_registry() if "PROMETHEUS_MULTIPROC_DIR" in os.environ else self.registry
         self.worker = worker
         self._children: dict = {}
         r = self.registry
@@ -60,7 +69,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text Prometheus scrapes: every worker's sum under --workers."""
-        return generate_latest(summed() if "PROMETHEUS_MULTIPROC_DIR" in os.environ else self.registry)
+        return generate_latest(self._scraped)
 
     def _child(self, metric, *labels):
         """metric.labels(*labels), looked up once: labels() validates and locks on every call."""
@@ -96,10 +105,3 @@ class Metrics:
         self._child(self.latency, model, api).observe(latency_s)
         if queue_s is not None:
             self._child(self.queue_time, model).observe(queue_s)
-
-
-def summed() -> CollectorRegistry:
-    """A registry that reads every worker's metrics files and sums them."""
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return registry

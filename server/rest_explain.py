@@ -18,9 +18,11 @@ import cv2
 import numpy as np
 from aiohttp import web
 
+from camserve import geometry, images
 from camserve.client import boxes, messages, overlay
 from camserve.v1 import camserve_pb2 as pb
 
+from . import kserve
 from .context import Context
 from .errors import invalid
 from .rest_kserve import as_json
@@ -75,8 +77,9 @@ class Options:
         self.original = _choice(query, "size", ("feature", "original"), "original" if self.heatmap == "png" else "feature") == "original"
         self.opacity = _number(query, "opacity", float, overlay.DEFAULT_ALPHA, 0.0, 1.0)
         self.box = _number(query, "box", float, boxes.THRESHOLD, 0.0, 1.0)  # 0: no box
+        self.colormap = query.get("colormap", "jet")
         try:
-            self.colormap = overlay.colormap(query.get("colormap", "jet"))
+            overlay.colormap(self.colormap)  # known to OpenCV, or ValueError
             self.request = messages.request_options(
                 model=model,
                 version=version,
@@ -92,7 +95,6 @@ class Options:
             )
         except ValueError as err:  # an unknown colormap or a background that is no colour
             raise invalid(str(err)) from None
-        self.colormap_name = query.get("colormap", "jet")
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -103,20 +105,19 @@ def _encoded_map(found: messages.Explanation, options: Options) -> dict:
     height, width = found.image_size
     values = found.heatmap_at(width, height) if options.original else found.heatmap
     if options.heatmap == "png":
-        levels = np.uint8(np.round(255 * np.clip(values, 0.0, 1.0)))
-        data = _png(cv2.cvtColor(cv2.applyColorMap(levels, options.colormap), cv2.COLOR_BGR2RGB))
+        data = _png(overlay.colorize(values, options.colormap))
     elif options.heatmap == "uint8":
         data = np.round(values * 255).astype(np.uint8).tobytes()
     else:
         data = values.astype("<f2").tobytes()
-    region = found.region if not options.original else None
+    # Where the map lies on the image (pixels x0, y0, x1, y1); an original-size map covers it all.
+    region = geometry.Region(0.0, 0.0, float(width), float(height)) if options.original else found.region
     return {
         "encoding": options.heatmap,
         "height": int(values.shape[0]),
         "width": int(values.shape[1]),
         "scale": found.heatmap_scale,
-        # Where the map lies on the image (pixels x0, y0, x1, y1); an original-size map covers it all.
-        "region": [region.x0, region.y0, region.x1, region.y1] if region else [0.0, 0.0, float(width), float(height)],
+        "region": [region.x0, region.y0, region.x1, region.y1],
         "data": base64.b64encode(data).decode(),
     }
 
@@ -129,10 +130,10 @@ def render(found: messages.Explanation, options: Options, image: bytes, backgrou
     """The answer, on the decode pool: resizing a map to a photo and encoding PNGs is real work."""
     box = found.box(options.box) if found.heatmap is not None and options.box > 0 else None
     if options.overlay:
-        from camserve import images  # noqa: PLC0415 - only overlays decode the image again
-
+        # Decoded again: the pipeline keeps only the model-sized canvas of a waiting
+        # request (README, memory), not the image.
         pixels = images.to_rgb(images.decode(image), background)
-        drawn = found.overlay(pixels, options.colormap_name, options.opacity)
+        drawn = found.overlay(pixels, options.colormap, options.opacity)
         if box:
             drawn = boxes.draw(drawn, box)
         return web.Response(body=_png(drawn), content_type="image/png")
@@ -169,10 +170,8 @@ def routes(service, handler) -> list[web.RouteDef]:
         return web.json_response(as_json(await service.ListModels(pb.ListModelsRequest(), Context())))
 
     async def explain(request):
-        version = request.match_info.get("version", "0")
-        if not version.isdigit():
-            raise invalid(f"version {version!r} is not a version number")
-        options = Options(request.query, request.match_info["model"], int(version))
+        version = kserve.version_number(request.match_info.get("version", ""))
+        options = Options(request.query, request.match_info["model"], version)
         image = await _image(request)  # aiohttp refuses a body over the message limit (413)
         if not image:
             raise invalid("no image: send it as the request body or a multipart file")

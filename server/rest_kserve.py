@@ -25,7 +25,6 @@ from .errors import RequestError, invalid
 from .tensors import NUMPY
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-INT_RANGES = {"UINT8": (0, 255), "INT32": (-(2**31), 2**31 - 1), "INT64": (-(2**63), 2**63 - 1)}
 
 
 def as_json(message) -> dict:
@@ -70,10 +69,10 @@ def _elements(data, datatype: str, name: str) -> np.ndarray:
     allowed = {"BOOL": "b", "FP32": "biuf", "FP64": "biuf"}.get(datatype, "iu")
     if kind not in allowed:
         raise invalid(f"input {name!r}: {datatype} data must be {'booleans' if datatype == 'BOOL' else 'numbers'}, not {array.dtype}")
-    if datatype in INT_RANGES and array.size:
-        low, high = INT_RANGES[datatype]
-        if int(array.min()) < low or int(array.max()) > high:
-            raise invalid(f"input {name!r}: {datatype} values run from {low} to {high}")
+    if allowed == "iu" and array.size:
+        limits = np.iinfo(NUMPY[datatype])
+        if int(array.min()) < limits.min or int(array.max()) > limits.max:
+            raise invalid(f"input {name!r}: {datatype} values run from {limits.min} to {limits.max}")
     return array
 
 
@@ -125,7 +124,7 @@ def _parameter(message: kpb.InferParameter, name: str, value):
 
 
 def parse_infer(
-    body: bytes, header_length: str | None, model: str, version: str, max_json: int = 2**62
+    body: bytes, header_length: str | None, model: str, version: str, max_json: int
 ) -> tuple[kpb.ModelInferRequest, set[str]]:
     """The request message, and the outputs to send as binary data. A JSON part over
     `max_json` bytes is refused (413) before it is parsed."""

@@ -97,9 +97,9 @@ class Supervisor:
     def _serve_metrics(self):
         from prometheus_client import start_http_server
 
-        from .metrics import summed
+        from .metrics import summed_registry
 
-        start_http_server(self.options.metrics_port, addr=self.options.metrics_host, registry=summed())
+        start_http_server(self.options.metrics_port, addr=self.options.metrics_host, registry=summed_registry())
 
     async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair()
