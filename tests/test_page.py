@@ -132,3 +132,30 @@ def test_several_images_dropped_at_once_are_each_explained(server, browser, imag
     page.wait_for_function("document.querySelectorAll('.card[data-state=done]').length == 3", timeout=30_000)
     assert sorted(page.eval_on_selector_all(".card .name", "ns => ns.map(n => n.textContent)")) == ["one.png", "three.png", "two.png"]
     page.close()
+
+
+def test_only_the_latest_choice_is_shown_when_answers_arrive_out_of_order(server, browser, image):
+    """Two row clicks in a row: the first answer is held back in the browser until
+    after the second has arrived; the card must keep showing the second."""
+    page = browser.new_page()
+    page.add_init_script("""
+        const original = window.fetch;
+        window.fetch = async (url, options) => {
+            const response = await original(url, options);
+            if (String(url).includes("class_index=" + window.slowClass)) await new Promise(r => setTimeout(r, 1500));
+            return response;
+        };
+    """)
+    page.goto(server.http + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#files", str(image))
+    page.wait_for_selector(".card[data-state=done]", timeout=30_000)
+    first, second = rows(page)[1][0], rows(page)[2][0]
+    page.evaluate(f"window.slowClass = {first}")
+    page.click(f".card tbody tr[data-index='{first}']")
+    page.click(f".card tbody tr[data-index='{second}']")
+    page.wait_for_selector(f".card[data-state=done] tbody tr.explained[data-index='{second}']", timeout=30_000)
+    page.wait_for_timeout(2500)  # the held-back answer has arrived by now
+    assert page.eval_on_selector(".card tbody tr.explained", "r => Number(r.dataset.index)") == second
+    assert page.get_attribute(".card", "data-state") == "done"
+    page.close()

@@ -118,7 +118,9 @@ function showTopK(item) {
 async function explain(item, classIndex) {
   const m = model();
   const { card } = item;
-  item.classIndex = classIndex;
+  // Answers may arrive out of order (a slow method, then a quick one): only the latest
+  // request for this image may draw.
+  const ticket = (item.latest = (item.latest || 0) + 1);
   card.dataset.state = "loading";
   const query = new URLSearchParams({ method: $("method").value, top_k: Math.min(5, m.num_classes), heatmap: "png" });
   if ($("layer").value) query.set("layer", $("layer").value);
@@ -131,13 +133,16 @@ async function explain(item, classIndex) {
       body: item.file,
       headers: { "Content-Type": item.file.type || "application/octet-stream" },
     });
-    item.heatmap = answer.heatmap ? await loadImage("data:image/png;base64," + answer.heatmap.data) : null;
+    const heatmap = answer.heatmap ? await loadImage("data:image/png;base64," + answer.heatmap.data) : null;
+    if (ticket !== item.latest) return;
+    item.heatmap = heatmap;
     item.answer = answer;
     card.querySelector(".error").hidden = true;
     showTopK(item);
     draw(item);
     card.dataset.state = "done";
   } catch (error) {
+    if (ticket !== item.latest) return;
     card.querySelector(".error").textContent = error.message;
     card.querySelector(".error").hidden = false;
     card.dataset.state = "error";
