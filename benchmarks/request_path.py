@@ -6,7 +6,7 @@ to another, against the same SavedModel in-process on the server's core.
 
 Per API (KServe over gRPC and over HTTP driven by Triton's perf_analyzer,
 native by camserve's own load tester, native with 8 images per ExplainMany call)
-and concurrency:
+and concurrency: the mean batch the model ran,
 throughput, p50/p99, the server's CPU seconds per image (from /proc), and the
 ratio to the best in-process throughput (batch 1/8/32) on one of the server's
 cores. The load generator gets the last core and the server the others; with a
@@ -169,6 +169,7 @@ def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best
             loads += [("kserve HTTP, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
         for api, concurrency, per_call in loads:
             cpu0, images0, calls0 = tree_cpu_seconds(server.process.pid), served(server), worker_calls(server, workers)
+            batches0 = server.metric("camserve_batch_size_count")
             if api.startswith("kserve HTTP"):
                 url = server.http.removeprefix("http://")
                 result = perf_analyzer(args.perf_analyzer, load_pin, url, args.source, concurrency, args.seconds, per_call, "http")
@@ -178,6 +179,7 @@ def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best
                 result = native(load_pin, server.target, args.source, concurrency, args.seconds, size, per_call)
             cpu = tree_cpu_seconds(server.process.pid) - cpu0
             images = served(server) - images0
+            batches = server.metric("camserve_batch_size_count") - batches0
             calls = [b - a for a, b in zip(calls0, worker_calls(server, workers))]
             row = {
                 "workers": workers,
@@ -189,11 +191,12 @@ def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best
                 "vs_in_process": round(result["images_per_s"] / best_rate, 3),
                 "p50_vs_in_process_batch1": round(result["p50_ms"] / best["latency_ms"], 2),
                 "worker_shares": [round(c * workers / max(sum(calls), 1), 2) for c in calls],
+                "mean_batch": round(images / max(batches, 1), 1),  # images a model run took, padding not counted
             }
             rows.append(row)
             print(f"  N={workers} {api:34s} c={concurrency:<3d} {row['images_per_s']:8.1f}/s p50 {row['p50_ms']:6.2f} ms "
                   f"p99 {row['p99_ms']:6.2f} ms cpu {row['server_cpu_ms_per_image']:.3f} ms/img "
-                  f"x{row['vs_in_process']:.2f} of in-process, shares {row['worker_shares']}", file=sys.stderr)
+                  f"x{row['vs_in_process']:.2f} of in-process, mean batch {row['mean_batch']}, shares {row['worker_shares']}", file=sys.stderr)
     finally:
         server.terminate()
     return rows
