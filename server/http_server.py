@@ -23,7 +23,8 @@ from .errors import RequestError, as_request_error
 PAGE = Path(__file__).parent / "page"
 # A JSON tensor body takes up to about 10 times its size while it is parsed into Python
 # lists and an array (binary tensors about once): JSON bodies get this share of the message
-# limit, so that an HTTP call in flight holds no more than a gRPC call does (README, memory).
+# limit, so that an HTTP call in flight holds no more than a gRPC call does (README, memory;
+# measured by benchmarks/json_memory.py).
 JSON_SHARE = 8
 OPEN_PATHS = ("/v2/health/",)  # probes carry no secrets, as on gRPC
 PUBLIC_FILES = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}  # the page asks for a token itself
