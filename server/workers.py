@@ -15,6 +15,11 @@ warm: the kernel then spreads the first connections over all of them, not onto
 the first one ready, and a connection stays with the worker it reached. A
 worker whose supervisor has gone drains and exits.
 
+A worker's options, bearer token included, travel over its link, never through
+a file, its argv or its environment. The supervisor's state folder (the
+metrics files) goes when it exits; one left by a supervisor that was killed
+goes at the next start.
+
 The machinery is ours because no library in our dependencies supervises
 grpc.aio servers; the pieces are the standard library's.
 """
@@ -22,11 +27,15 @@ grpc.aio servers; the pieces are the standard library's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -39,6 +48,8 @@ from .logs import configure_logging
 log = logging.getLogger("camserve.workers")
 
 WARM, GO = b"W", b"G"
+LENGTH = struct.Struct("!I")  # prefixes the pickled options, the link's first message
+STATE_PREFIX = "camserve-supervisor-"
 RESTART_BACKOFF, MAX_RESTART_BACKOFF = 1.0, 30.0
 STEADY_S = 60.0  # a worker that lived this long restarts without backoff
 
@@ -48,8 +59,19 @@ class Link:
 
     def __init__(self, fd: int, index: int):
         self.socket = socket.socket(fileno=fd)
-        self.socket.setblocking(False)
         self.index = index
+        # Only the supervisor holds the other end of the pair, so its pickle is trusted.
+        self.options = pickle.loads(self._receive(LENGTH.unpack(self._receive(LENGTH.size))[0]))
+        self.socket.setblocking(False)
+
+    def _receive(self, size: int) -> bytes:
+        """Blocking, before there is an event loop. Fewer bytes than asked mean the
+        supervisor has gone (a signal that cuts MSG_WAITALL short ends this process:
+        none is handled yet)."""
+        data = self.socket.recv(size, socket.MSG_WAITALL)
+        if len(data) < size:
+            raise EOFError("the supervisor closed the link before sending the options")
+        return data
 
     async def warm(self) -> bool:
         """Say this worker is warm; True once the supervisor says to listen, False
@@ -73,10 +95,36 @@ class Worker:
     warm: bool = False
 
 
+def remove_abandoned_state():
+    """Remove the state folders of supervisors that died without removing them
+    (SIGKILL, a crash). A supervisor holds a lock on its folder for its life and
+    the kernel drops it with the process, so a folder we can lock is abandoned,
+    whatever pid namespace its supervisor ran in and however pids were reused.
+    Its supervisor creates `metrics` only once it holds the lock: a folder without
+    it may be one another supervisor is just making, and stays."""
+    for path in Path(tempfile.gettempdir()).glob(STATE_PREFIX + "*"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid == os.getuid() and (path / "metrics").is_dir():
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed %s, left by a supervisor that was killed", path)
+        except BlockingIOError:
+            pass  # its supervisor is running
+        finally:
+            os.close(fd)
+
+
 class Supervisor:
     def __init__(self, options, count: int):
         self.count = count
-        self.state = Path(tempfile.mkdtemp(prefix="camserve-workers-"))
+        remove_abandoned_state()
+        self.state = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
+        # Never closed: the lock lasts as long as this process (see remove_abandoned_state).
+        fcntl.flock(os.open(self.state, os.O_RDONLY | os.O_DIRECTORY), fcntl.LOCK_EX)
         metrics = self.state / "metrics"
         metrics.mkdir()
         # Read by prometheus-client when a worker first imports it, and by the collector here.
@@ -88,8 +136,8 @@ class Supervisor:
             intra_op_threads=options.intra_op_threads or share,
             inter_op_threads=options.inter_op_threads or share,
         )
-        self.options_file = self.state / "options.pickle"
-        self.options_file.write_bytes(pickle.dumps(self.options))
+        pickled = pickle.dumps(self.options)
+        self.handoff = LENGTH.pack(len(pickled)) + pickled
         self.workers: dict[int, Worker] = {}
         self.all_warm = False
         self.stopping = asyncio.Event()
@@ -105,12 +153,16 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "camserve.server.workers", str(self.options_file), str(index), str(theirs.fileno()),
+            sys.executable, "-m", "camserve.server.workers", str(index), str(theirs.fileno()),
             pass_fds=(theirs.fileno(),),
         )
         theirs.close()
         log.info("worker %d started (pid %d)", index, process.pid, extra={"worker": index})
         worker = self.workers[index] = Worker(index, process, ours, time.monotonic())
+        if self.stopping.is_set():  # _stop ran before this worker was in self.workers
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ConnectionError):  # it died at once; _run_worker sees it exit
+            await asyncio.get_running_loop().sock_sendall(ours, self.handoff)
         return worker
 
     async def _answer(self, worker: Worker):
@@ -180,16 +232,20 @@ class Supervisor:
 
 def supervise(options, count: int) -> int:
     configure_logging()
-    return asyncio.run(Supervisor(options, count).run())
+    supervisor = Supervisor(options, count)
+    try:
+        return asyncio.run(supervisor.run())
+    finally:
+        shutil.rmtree(supervisor.state, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
-    """A worker: `python -m camserve.server.workers OPTIONS_FILE INDEX FD`."""
+    """A worker: `python -m camserve.server.workers INDEX FD`, its options sent over FD."""
+    index, fd = argv
+    link = Link(int(fd), int(index))
     from .app import serve
 
-    options_file, index, fd = argv
-    options = pickle.loads(Path(options_file).read_bytes())
-    return serve(options, Link(int(fd), int(index)))
+    return serve(link.options, link)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """`camserve serve --workers 2`: two full servers on one port behind a supervisor.
 Load spreads over both, metrics are their sum, answers equal a lone server's,
 a killed worker is replaced while the other serves, new versions reach every
-worker, SIGTERM drains both, and no worker outlives its supervisor."""
+worker, SIGTERM drains both, and no worker outlives its supervisor. The
+supervisor keeps no secret on disk and removes its state folder when it exits;
+one it could not remove (it was SIGKILLed) goes at the next start."""
 
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,11 +24,19 @@ from camserve.client import Client
 from camserve.server.process import ServerProcess
 
 IMAGE = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+TOKEN = secrets.token_hex(16)  # random, so no other process holds it by chance
 
 
 def workers_of(process: subprocess.Popen) -> list[int]:
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+def state_folder(process: ServerProcess) -> Path:
+    """The supervisor's state folder: its workers' PROMETHEUS_MULTIPROC_DIR is in it."""
+    environ = Path(f"/proc/{workers_of(process.process)[0]}/environ").read_bytes().split(b"\0")
+    metrics = next(v for k, _, v in (e.partition(b"=") for e in environ) if k == b"PROMETHEUS_MULTIPROC_DIR")
+    return Path(os.fsdecode(metrics)).parent
 
 
 def alive(pid: int) -> bool:
@@ -55,6 +67,19 @@ def repo(server_repo, tmp_path_factory):
 def pair(repo, tmp_path_factory):
     process = ServerProcess(
         repo, tmp_path_factory.mktemp("logs") / "workers.log", "--workers", "2", "--max-batch-size", "4", "--poll-seconds", "0.5"
+    )
+    process.wait_for("SERVING")
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(scope="module")
+def guarded(server_repo, tmp_path_factory):
+    """`--workers 2` with a bearer token."""
+    folder = tmp_path_factory.mktemp("guarded")
+    (folder / "token").write_text(TOKEN)
+    process = ServerProcess(
+        server_repo, folder / "guarded.log", "--workers", "2", "--max-batch-size", "1", "--auth-token-file", str(folder / "token")
     )
     process.wait_for("SERVING")
     yield process
@@ -156,8 +181,9 @@ def test_a_new_version_reaches_every_worker(pair, repo):
             assert client.explain(IMAGE).version == 2
 
 
-def test_sigterm_drains_every_worker(pair):
+def test_sigterm_drains_every_worker_and_removes_the_state_folder(pair):
     workers = workers_of(pair.process)
+    state = state_folder(pair)
     outcomes = []
 
     def caller():
@@ -180,20 +206,64 @@ def test_sigterm_drains_every_worker(pair):
     assert pair.process.wait(60) == 0
     assert outcomes.count("OK") >= 4 and set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
     assert not any(alive(pid) for pid in workers)
+    assert not state.exists()
 
 
-def test_workers_do_not_outlive_their_supervisor(server_repo, tmp_path):
+def test_the_token_reaches_the_workers_through_no_file_argv_or_environment(guarded):
+    with Client(guarded.target, model="tiny", token=TOKEN, retries=0) as client:
+        client.explain(IMAGE)
+    with Client(guarded.target, model="tiny", retries=0) as client, pytest.raises(grpc.RpcError) as denied:
+        client.explain(IMAGE)
+    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    state = state_folder(guarded)
+    assert [p.relative_to(state) for p in state.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()] == []
+    leaks = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        for part in ("cmdline", "environ"):
+            try:
+                if TOKEN.encode() in (proc / part).read_bytes():
+                    leaks.append(f"{proc}/{part}")
+            except OSError:  # a process that has gone, or another user's
+                pass
+    assert leaks == []
+
+
+def test_the_state_folder_goes_after_a_worker_is_killed_and_the_server_stopped(guarded):
+    state = state_folder(guarded)
+    victim = workers_of(guarded.process)[0]
+    with Client(guarded.target, model="tiny", token=TOKEN, retries=4) as client:
+        os.kill(victim, signal.SIGKILL)
+        client.explain(IMAGE, timeout=10)  # the other worker
+        wait_until(lambda: len([p for p in workers_of(guarded.process) if alive(p)]) == 2 and available(guarded) == 2, what="a new worker")
+        client.explain(IMAGE, timeout=10)
+    guarded.process.send_signal(signal.SIGTERM)
+    assert guarded.process.wait(60) == 0
+    assert not state.exists()
+
+
+def test_workers_do_not_outlive_their_supervisor_whose_folder_goes_at_the_next_start(server_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the servers' temporary folders, and only theirs
     process = ServerProcess(server_repo, tmp_path / "orphans.log", "--workers", "2", "--max-batch-size", "1")
     try:
         process.wait_for("SERVING")
-        workers = workers_of(process.process)
+        workers, state = workers_of(process.process), state_folder(process)
         process.process.kill()
         wait_until(lambda: not any(alive(pid) for pid in workers), timeout=30, what="workers to exit")
     finally:
         process.terminate()
+    assert state.exists()  # nothing could remove it
+    after = ServerProcess(server_repo, tmp_path / "after.log", "--workers", "2")
+    try:
+        wait_until(lambda: not state.exists(), timeout=30, what="the next start to remove the dead supervisor's folder")
+        # Stopped while its workers start (it handles SIGTERM from then on), it too removes its folder.
+        wait_until(lambda: len(workers_of(after.process)) == 2, timeout=30, what="the next start's workers")
+    finally:
+        after.terminate()
+    assert list(tmp_path.glob("camserve-*")) == []
 
 
-def test_a_worker_that_cannot_start_stops_the_server(tmp_path):
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     (tmp_path / "empty").mkdir()
     process = ServerProcess(tmp_path / "empty", tmp_path / "empty.log", "--workers", "2")
     try:
@@ -202,6 +272,7 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path):
         process.terminate()
     assert code != 0
     assert "could be loaded" in process.log.read_text()
+    assert list(tmp_path.glob("camserve-*")) == []
 
 
 def test_workers_need_a_port_number(tmp_path):
