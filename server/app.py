@@ -24,7 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from camserve.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from camserve.v1 import camserve_pb2, camserve_pb2_grpc
 
-from . import cpus, phase
+from . import cpus, loop_lag, phase
+from .call_limit import CallLimit
 from .device import configure_threads, select_device
 from .handler import Handler
 from .http_server import HttpServer
@@ -56,10 +57,11 @@ class Server:
         self.decoders = ThreadPoolExecutor(options.decode_threads or self.cpus, thread_name_prefix="decode")
         self.handler = Handler(self.registry, self.decoders, options.limits, self.metrics)
         self.stopping = asyncio.Event()
+        self._background: set[asyncio.Task] = set()  # tasks nothing awaits: referenced so they are not collected
         limit = options.max_message_bytes
         self.grpc = grpc.aio.server(
-            interceptors=options.security.interceptors(),
-            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+            # The token first: a call it refuses never takes a place under the limit.
+            interceptors=[*options.security.interceptors(), CallLimit(options.max_concurrent_rpcs)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -91,7 +93,7 @@ class Server:
         """A batcher died: this process cannot serve that model any more; let probes
         restart it, or, for a worker, the supervisor."""
         self.registry.crashed = err
-        asyncio.get_running_loop().create_task(self._publish_health())
+        self._in_background(self._publish_health())
         if self.link:
             self.stopping.set()
 
@@ -129,7 +131,13 @@ class Server:
                 self.stopping.set()
                 return
             await self._listen()
-            asyncio.create_task(self.link.closed()).add_done_callback(lambda _: self.stopping.set())
+            self._in_background(self.link.closed()).add_done_callback(lambda _: self.stopping.set())
+
+    def _in_background(self, work) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def run(self) -> int:
         opts = self.options
@@ -140,6 +148,7 @@ class Server:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        lag = self._in_background(loop_lag.sample(self.metrics.loop_lag))
         if opts.metrics_port and not self.link:  # workers' metrics are served by their supervisor
             self.metrics.serve(opts.metrics_port, opts.metrics_host)
 
@@ -159,7 +168,7 @@ class Server:
             served = ", ".join(f"{m.name} v{m.version}" for m in self.registry.all())
             log.info("SERVING %s", served)
             await self.stopping.wait()
-        await self._drain(loader, watcher)
+        await self._drain(loader, watcher, lag)
         return 3 if self.registry.crashed and self.link else 0
 
     async def _drain(self, *tasks: asyncio.Task | None):

@@ -62,6 +62,10 @@ class Metrics:
             "camserve_model_version_state", "Workers (1 without --workers) with each model version in each state",
             ["model", "version", "state"], registry=r, multiprocess_mode=summed,
         )
+        self.loop_lag = Gauge(
+            "camserve_event_loop_lag_seconds", "Worst lag of the event loop over the last 5 s (loop_lag.py)",
+            registry=r, multiprocess_mode="livemax",
+        )
         self.worker_calls = Counter("camserve_worker_calls", "Calls answered, by worker process (--workers)", ["worker"], registry=r)
 
     def serve(self, port: int, host: str = "127.0.0.1"):
