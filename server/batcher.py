@@ -210,6 +210,8 @@ class Batcher:
         log.critical("the batcher of %s stopped: %r; failing health", self.name, self.crashed, exc_info=self.crashed)
         while self.queue:  # a batch's own callers were answered by _run_on_device
             self._fail(self.queue.popleft(), self.crashed)
+        if not self._running:  # nothing will run here again: retiring and draining need not wait
+            self.idle.set()
         if self.on_crash:
             self.on_crash(self.crashed)
 
@@ -219,16 +221,20 @@ class Batcher:
             await asyncio.sleep(0.05)
 
     async def stop(self):
+        """Stops the loop and every batch; whoever still waits (only on a forced stop:
+        a drain waits for drained() first) is answered UNAVAILABLE."""
         self._closed = True
-        if self._task:
-            self._task.cancel()
-            for task in self._batches:
-                task.cancel()
-            await asyncio.gather(self._task, *self._batches, return_exceptions=True)
-        while self.queue:  # only on a forced stop: tell the waiting callers
-            item = self.queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(RequestError(grpc.StatusCode.UNAVAILABLE, "the model was unloaded; retry"))
+        tasks = [task for task in (self._task, *self._batches) if task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while self.queue:
+            self._unloaded(self.queue.popleft())
+
+    @staticmethod
+    def _unloaded(item: Item):
+        if not item.future.done():
+            item.future.set_exception(RequestError(grpc.StatusCode.UNAVAILABLE, "the model was unloaded; retry"))
 
     # -- the loop ----------------------------------------------------------
     async def _wait_for(self, condition, until: float | None):
@@ -274,7 +280,10 @@ class Batcher:
         try:
             await self._run(batch)
         except BaseException as err:  # what _run lets through kills this task: answer its callers first
-            if not isinstance(err, asyncio.CancelledError):
+            if isinstance(err, asyncio.CancelledError):  # stop(): the model is going away
+                for item in batch:
+                    self._unloaded(item)
+            else:
                 self.crashed = self.crashed or err  # before the slot frees: no further batch starts
                 for item in batch:
                     self._fail(item, err)

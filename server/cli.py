@@ -41,6 +41,10 @@ def add_parser(subparsers):
     p.add_argument(
         "--stream-window", type=_at_least(1), help="requests one stream may have in flight (default: max batch size, at most max enqueued)"
     )
+    p.add_argument(
+        "--default-timeout-s", type=_at_least(0, float), default=60.0,
+        help="deadline of a call that brings none (gRPC without a deadline, HTTP without timeout_ms); 0: none",
+    )
     p.add_argument("--max-message-mb", type=_at_least(0.001, float), default=64.0)
     p.add_argument("--max-pixels", type=_at_least(1), default=40_000_000, help="largest decoded image, in pixels")
     p.add_argument(
@@ -48,6 +52,10 @@ def add_parser(subparsers):
         help="hex colour transparent pixels are composited onto, unless a request sets its own (default: white)",
     )
     p.add_argument("--max-concurrent-rpcs", type=_at_least(1), default=1000, help="calls (streams count once) before RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--http-body-timeout", type=_at_least(0.001, float), default=30.0,
+        help="seconds an HTTP request's body may take to arrive once its headers have (408 beyond, and its place is freed)",
+    )
     p.add_argument("--max-connection-age", type=_at_least(1, float), default=300.0, help="seconds before a connection is closed so clients re-resolve")
     p.add_argument("--max-connection-age-grace", type=_at_least(0, float), default=30.0, help="seconds a closing connection's calls get to finish")
     p.add_argument(
@@ -103,6 +111,7 @@ def run(args) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        http_body_timeout=args.http_body_timeout,
         max_connection_age=args.max_connection_age,
         max_connection_age_grace=args.max_connection_age_grace,
         decode_threads=args.decode_threads,
@@ -112,6 +121,7 @@ def run(args) -> int:
             max_pixels=args.max_pixels,
             max_response_bytes=max_message_bytes,
             background=args.background,
+            default_timeout_s=args.default_timeout_s,
             # One stream alone fills a batch but never the queue: it is held back, not shed.
             stream_window=args.stream_window or min(args.max_batch_size, args.max_enqueued),
         ),

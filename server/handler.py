@@ -18,6 +18,7 @@ from camserve.v1 import camserve_pb2 as pb
 
 from .batcher import PREDICT, Item, Result
 from .decode import decode_encoded, decode_raw
+from .headers import image_size, sniff
 from .errors import RequestError, invalid
 from .models import Registry, ServedModel
 from .options import Limits
@@ -60,7 +61,7 @@ def check_targets(
     return [m + model.counterfactual_code if flag else m for m, flag in zip(method, counterfactual)]
 
 
-def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
+def _options(request: pb.ExplainRequest, model: ServedModel, limits: Limits) -> Prepared:
     method_name = request.method or model.default_method
     if method_name not in model.methods:
         raise invalid(f"unknown method {method_name!r}; {model.name} offers {', '.join(model.methods)}")
@@ -70,6 +71,8 @@ def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
         raise invalid("top_k_maps explains the highest classes: leave class_index unset")
     if maps > model.num_classes:
         raise invalid(f"top_k_maps {maps} is more than the model's {model.num_classes} classes")
+    if maps > model.batcher.options.max_enqueued:  # it could never be admitted: retrying would not help
+        raise invalid(f"top_k_maps {maps} needs {maps} places in the queue; {model.name} admits {model.batcher.options.max_enqueued} (max_enqueued)")
     if request.heatmap_type == pb.HEATMAP_NONE and (maps > 1 or request.counterfactual):
         raise invalid("a predict-only request (heatmap type NONE) has no map for top_k_maps or counterfactual")
     classes = [-rank for rank in range(1, maps + 1)] if maps > 1 else [request.class_index if request.HasField("class_index") else -1]
@@ -88,10 +91,13 @@ def _options(request: pb.ExplainRequest, model: ServedModel) -> Prepared:
     if request.HasField("background") and request.background > colors.WHITE:
         raise invalid(f"background {request.background:#x} is not a colour 0xRRGGBB")
     top_k = min(request.top_k or DEFAULT_TOP_K, model.num_classes)
-    return Prepared(model, list(zip(classes, codes)), method, top_k)
+    prepared = Prepared(model, list(zip(classes, codes)), method, top_k)
+    if method != PREDICT and not request.heatmap_original_size:
+        check_response_size(request, prepared, model.map_size[0] * model.map_size[1], limits.max_response_bytes)
+    return prepared
 
 
-def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
+def _pixels(request: pb.ExplainRequest, prepared: Prepared, limits: Limits) -> np.ndarray:
     image = request.image
     background = request.background if request.HasField("background") else limits.background
     kind = image.WhichOneof("data")
@@ -102,28 +108,36 @@ def _pixels(request: pb.ExplainRequest, limits: Limits) -> np.ndarray:
         pixels = decode_raw(raw.pixels, raw.height, raw.width, raw.channels, limits.max_pixels, background)
     else:
         raise invalid("image is empty: set image.encoded or image.raw")
-    if request.heatmap_original_size and request.heatmap_type != pb.HEATMAP_NONE:
-        _check_response_size(pixels.shape[0] * pixels.shape[1], request.heatmap_type, limits.max_response_bytes)
+    if request.heatmap_original_size and prepared.method != PREDICT:
+        check_response_size(request, prepared, pixels.shape[0] * pixels.shape[1], limits.max_response_bytes)
     return pixels
 
 
-# Images whose decoding and fitting cost less than a hop to the decode pool and back.
-INLINE_BYTES = 16 * 1024  # encoded
-INLINE_MODEL_SIZES = 4  # raw, up to this many times the model's input pixels
+# Images whose decoding and fitting cost less than a hop to the decode pool and back: up
+# to this many times the model's input pixels, as the header declares them (a 4 KB PNG
+# may inflate to 36 megapixels), and for an encoded image at most this many bytes.
+INLINE_MODEL_SIZES = 4
+INLINE_BYTES = 16 * 1024
 
 
 def raw_is_cheap(height: int, width: int, model: ServedModel) -> bool:
     return height * width <= INLINE_MODEL_SIZES * model.height * model.width
 
 
-def encoded_is_cheap(data: bytes) -> bool:
-    return len(data) <= INLINE_BYTES
+def encoded_is_cheap(data: bytes, model: ServedModel) -> bool:
+    """Small, and declaring few pixels; or so malformed that decode_encoded refuses it
+    before any work."""
+    if len(data) > INLINE_BYTES:
+        return False
+    kind = sniff(data)
+    size = image_size(data, kind) if kind else None
+    return size is None or raw_is_cheap(size[1], size[0], model)
 
 
 def _cheap(image: pb.Image, model: ServedModel) -> bool:
     if image.WhichOneof("data") == "raw":
         return raw_is_cheap(image.raw.height, image.raw.width, model)
-    return encoded_is_cheap(image.encoded)
+    return encoded_is_cheap(image.encoded, model)
 
 
 def fit(pixels, model: ServedModel, resize: int = geometry.STRETCH):
@@ -282,7 +296,7 @@ class Handler:
         Returns ([Result per target], extra)."""
         loop = asyncio.get_running_loop()
         try:
-            canvas, extra = prepare() if inline else await loop.run_in_executor(self.executor, prepare)
+            canvas, extra = prepare() if inline else await self.on_pool(prepare)
         finally:
             for _ in targets:
                 admission.decoded()
@@ -292,49 +306,87 @@ class Handler:
             model.batcher.submit(Item(canvas, class_index, method, deadline, futures[-1]))
         if len(futures) == 1:
             return [await _by(deadline, futures[0])], extra
-        return list(await asyncio.gather(*(_by(deadline, future) for future in futures))), extra
+        return await all_or_none([_by(deadline, future) for future in futures]), extra
 
-    async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
+    async def on_pool(self, work):
+        """work() on the decode pool. Cancelled, work that has not started leaves the
+        pool's queue; work that has started runs to its end before the cancellation
+        goes on, so the call (and its admission) counts it until it really ends."""
+        job = self.executor.submit(work)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if not job.cancel():
+                await asyncio.wait([asyncio.wrap_future(job)])
+            raise
+
+    async def explain(self, request: pb.ExplainRequest, context, api: str, render=None):
+        """The response; or with `render` (explain by upload), render(response), run on
+        the decode pool inside the call, so that its work is counted and drained."""
         received = time.monotonic()
         with self.accounted(api, context) as call:
-            prepared = _options(request, self.registry.get(request.model, request.version))
+            prepared = _options(request, self.registry.get(request.model, request.version), self.limits)
             call.model = model = prepared.model
             with model.batcher.admit(len(prepared.targets)) as admission:
                 results, (region, original) = await self.run_image(
                     model,
                     admission,
-                    functools.partial(fit, functools.partial(_pixels, request, self.limits), model, request.resize),
+                    functools.partial(fit, functools.partial(_pixels, request, prepared, self.limits), model, request.resize),
                     _cheap(request.image, model),
                     prepared.targets,
-                    deadline(context, received, request.timeout_ms),
+                    deadline(context, received, request.timeout_ms, self.limits.default_timeout_s),
                 )
             call.queue_s = max(result.queue_s for result in results)
             build = functools.partial(build_response, request, prepared, results, region, original, received)
+            if render is not None:
+                return await self.on_pool(lambda: render(build()))
             if request.heatmap_original_size and prepared.method != PREDICT:  # resizing a map to a large image is real work
-                return await asyncio.get_running_loop().run_in_executor(self.executor, build)
+                return await self.on_pool(build)
             return build()
 
 
-RESPONSE_OVERHEAD = 64 * 1024  # everything in a response but the heatmap, generously
+async def all_or_none(work: list) -> list:
+    """The results of `work` (awaitables), or the first failure once the rest have
+    been cancelled and have ended: a request's images never outlive the request."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(each) for each in work]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
-def _check_response_size(pixels: int, heatmap_type: int, limit: int):
-    size = pixels * (1 if heatmap_type == pb.HEATMAP_UINT8 else 4) + RESPONSE_OVERHEAD
-    if size > limit:
-        raise invalid(
-            f"a heatmap at the image's original size would make a {size / 2**20:.0f} MB response, over the "
-            f"{limit / 2**20:.0f} MB message limit: ask for heatmap_type uint8, a smaller image, or the map "
-            "at feature resolution (heatmap_at() resizes it on the client)"
-        )
+RESPONSE_OVERHEAD = 64 * 1024  # everything in a response but the heatmaps and scores, generously
 
 
-def deadline(context, received: float, timeout_ms: float = 0) -> float | None:
+def check_response_size(request: pb.ExplainRequest, prepared: Prepared, map_pixels: int, limit: int):
+    """Refuses, before any work, an answer gRPC could not send: every map it carries
+    (with top_k_maps, one per class beside the answer's own) and its scores."""
+    targets = len(prepared.targets)
+    maps = targets + 1 if targets > 1 else 1
+    size = maps * map_pixels * (1 if request.heatmap_type == pb.HEATMAP_UINT8 else 4) + RESPONSE_OVERHEAD
+    if request.return_scores:
+        size += 2 * 4 * prepared.model.num_classes
+    if size <= limit:
+        return
+    where = "at the image's original size" if request.heatmap_original_size else "at feature resolution"
+    raise invalid(
+        f"{maps} heatmap(s) {where} would make a {size / 2**20:.1f} MB response, over the {limit / 2**20:.1f} MB "
+        "message limit: ask for fewer top_k_maps, heatmap_type uint8, a smaller image, or the map at feature "
+        "resolution (heatmap_at() resizes it on the client)"
+    )
+
+
+def deadline(context, received: float, timeout_ms: float = 0, default_s: float = 0) -> float | None:
     """The earlier of the call's deadline and the request's own timeout_ms (a
-    stream's images have no other), on the time.monotonic() clock."""
+    stream's images have no other), on the time.monotonic() clock; for a call
+    that brings neither, `default_s` (--default-timeout-s; 0: none)."""
     remaining = context.time_remaining() if context is not None else None
     ends = [received + remaining] if remaining is not None else []
     if timeout_ms:
         ends.append(received + timeout_ms / 1e3)
+    if not ends and default_s:
+        ends.append(received + default_s)
     return min(ends, default=None)
 
 

@@ -9,12 +9,15 @@ message size and calls in flight, and gRPC statuses as HTTP ones with an
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import ssl
 from pathlib import Path
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import rest_explain, rest_kserve
@@ -28,6 +31,9 @@ PAGE = Path(__file__).parent / "page"
 JSON_SHARE = 8
 OPEN_PATHS = ("/v2/health/",)  # probes carry no secrets, as on gRPC
 PUBLIC_FILES = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}  # the page asks for a token itself
+# Routes outside the limit on calls in flight: a probe refused while the slots are full
+# would restart a pod that is only busy, and the page must load to show why. None reads a body.
+UNCOUNTED = {"/v2/health/live", "/v2/health/ready", "/v2/models/{model}/ready", "/v2/models/{model}/versions/{version}/ready", *PUBLIC_FILES}
 
 STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -44,10 +50,26 @@ STATUS = {
 }
 
 
+class _CallersMistakes(logging.Filter):
+    """aiohttp logs a request it cannot parse (a line too long, a byte a header may not
+    hold, a body that does not decode) with its traceback at ERROR, and answers 400:
+    the caller's mistake, which any caller could repeat to flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], (HttpProcessingError, web.RequestPayloadError)))
+
+
+PROTOCOL_LOG = logging.getLogger("camserve.http")
+PROTOCOL_LOG.addFilter(_CallersMistakes())
+
+
 def error(status: int, message: str) -> web.Response:
     # A 401 names the scheme it wants, as HTTP asks.
     headers = {"WWW-Authenticate": 'Bearer realm="camserve"'} if status == 401 else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+    response = web.json_response({"error": message}, status=status, headers=headers)
+    if status == 408:  # the rest of that body may still come: not a connection to read on
+        response.force_close()
+    return response
 
 
 def _ssl_context(security) -> ssl.SSLContext | None:
@@ -100,6 +122,9 @@ class HttpServer:
         except web.HTTPRequestEntityTooLarge:
             limit = self.options.max_message_bytes / 2**20
             return error(413, f"the request body is too large: the limit is {limit:g} MB (--max-message-mb), as on gRPC")
+        except web.RequestPayloadError as err:  # a body that does not decode (its Content-Encoding, its chunks)
+            reason = err.__cause__.message if isinstance(err.__cause__, HttpProcessingError) else str(err)
+            return error(400, f"the request body cannot be read: {reason}")
         except web.HTTPException as err:
             if err.status < 400:
                 raise
@@ -112,24 +137,55 @@ class HttpServer:
     @web.middleware
     async def _admit(self, request, handler):
         """The bearer token, then the limit on calls in flight, both before the body
-        is read."""
+        is read; then the body's deadline, so a call holds its place only as long as
+        its body may take to arrive and its answer to be computed."""
         path = request.path
         if self.expected and not path.startswith(OPEN_PATHS) and path not in PUBLIC_FILES:
-            sent = request.headers.get("Authorization", "").encode()
+            # Header bytes that are not UTF-8 arrive as surrogates: encoded back, they are what was sent.
+            sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(sent, self.expected):
                 raise RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (Authorization header)")
+        route = request.match_info.route.resource  # None for an unknown route
+        if route is not None and route.canonical in UNCOUNTED:
+            return await handler(request)
         if self.in_flight >= self.options.max_concurrent_rpcs:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.in_flight} calls in flight, the server's limit (--max-concurrent-rpcs): retry later")
         self.in_flight += 1
         try:
-            return await handler(request)
+            return await self._body_in_time(request, handler)
         finally:
             self.in_flight -= 1
+
+    async def _body_in_time(self, request, handler):
+        """The handler, cut with 408 if the whole body has not arrived within
+        --http-body-timeout (aiohttp bounds its size, not its time): a caller that
+        stalls or trickles it holds its place no longer. The deadline ends when the
+        body is in, so the model's own time is not counted."""
+        limit = self.options.http_body_timeout
+        timer = asyncio.timeout(limit)
+        handling = True
+
+        def arrived():  # also called once the handler is done, by a body it left unread
+            if handling and not timer.expired():
+                timer.reschedule(None)
+
+        try:
+            async with timer:
+                request.content.on_eof(arrived)  # called at once when the body is already in
+                return await handler(request)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            raise RequestError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {limit:g} s (--http-body-timeout)", http_status=408
+            ) from None
+        finally:
+            handling = False
 
     async def start(self, host: str, port: int, shared: bool) -> int:
         """Listens; `shared`: the port is shared with the other workers (SO_REUSEPORT).
         Returns the port (port 0 picks a free one)."""
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, logger=PROTOCOL_LOG)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=_ssl_context(self.options.security), reuse_port=shared or None)
         await site.start()

@@ -18,7 +18,6 @@ all the same (tritonclient users send them by name); ModelConfig's
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 
@@ -32,20 +31,23 @@ from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 from .batcher import PREDICT
 from .decode import decode_encoded, decode_raw
 from .errors import RequestError, abort, invalid
-from .handler import Handler, check_targets, deadline, encoded_is_cheap, fit, raw_is_cheap
+from .handler import Handler, all_or_none, check_targets, deadline, encoded_is_cheap, fit, raw_is_cheap
 from .models import Registry, ServedModel
 from .options import Limits
 from .streams import completion_order
-from .tensors import decode_inputs, encode_output
+from .tensors import INLINE_TYPED_VALUES, decode_inputs, encode_output, typed_values
 
 OUTPUTS = ("logits", "probabilities", "class_index", "heatmap", "heatmap_scale")
 INT_TYPES = ("INT32", "INT64")
 
 
 def version_number(text: str) -> int:
+    """A KServe version string as a version number; "" (and "0"): the latest. ASCII digits
+    only (isdigit() alone takes "²", which int() refuses, and "１"), and within int64, as
+    the native API's version: anything else is no version, refused on every transport."""
     if not text:
         return 0
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) >= 2**63:
         raise invalid(f"model_version {text!r} is not a version number")
     return int(text)
 
@@ -198,7 +200,11 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         received = time.monotonic()
         with self.handler.accounted(api, context) as call:
             call.model = model = self.registry.get(request.model_name, version_number(request.model_version))
-            tensors = image_inputs(model, request, self.handler.limits)
+            # Typed contents cost ~0.1 us a value to convert: many of them, off the loop.
+            inline = typed_values(request) <= INLINE_TYPED_VALUES
+            tensors = image_inputs(model, request, self.handler.limits) if inline else await self.handler.on_pool(
+                functools.partial(image_inputs, model, request, self.handler.limits)
+            )
             wanted = [o.name for o in request.outputs] or list(OUTPUTS)
             unknown = [name for name in wanted if name not in OUTPUTS]
             if unknown:
@@ -206,11 +212,12 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             images, class_index, method = tensors
             if not {"heatmap", "heatmap_scale"} & set(wanted):  # no map asked for: the predict signature
                 method = [PREDICT] * len(images)
-            until = deadline(context, received, _request_parameters(request))
+            until = deadline(context, received, _request_parameters(request), self.handler.limits.default_timeout_s)
             with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
                 runs = [self.handler.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
-                # One image (the common case) needs no tasks of its own.
-                answers = [await runs[0]] if len(runs) == 1 else await asyncio.gather(*runs)
+                # One image (the common case) needs no tasks of its own; a failed image
+                # cancels its siblings, and admission ends only once they have ended.
+                answers = [await runs[0]] if len(runs) == 1 else await all_or_none(runs)
             results = [(found[0], extra) for found, extra in answers]
             call.queue_s = max(result.queue_s for result, _ in results)
             response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
@@ -279,14 +286,14 @@ def image_inputs(model: ServedModel, request, limits: Limits):
         if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 2, 3, 4):
             raise invalid("input 'images' must be UINT8 [N,H,W,3] (1, 2 or 4 channels also accepted)")
         n, h, w, c = images.shape
-        inline = raw_is_cheap(h, w, model)
+        inline = n == 1 and raw_is_cheap(h, w, model)  # at most one image a request on the event loop
         pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, limits.max_pixels, limits.background) for image in images]
     else:
         blobs = tensors["image_bytes"]
         if not isinstance(blobs, list):
             raise invalid("input 'image_bytes' must be BYTES [N]")
         n = len(blobs)
-        inline = all(encoded_is_cheap(blob) for blob in blobs)
+        inline = n == 1 and encoded_is_cheap(blobs[0], model)  # at most one image a request on the event loop
         pixels = [functools.partial(decode_encoded, blob, limits.max_pixels, limits.background) for blob in blobs]
     if n == 0 or n > limit:
         raise invalid(f"a request carries 1 to {limit} images; this one has {n}")

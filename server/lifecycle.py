@@ -228,5 +228,5 @@ class ModelManager:
     async def close(self):
         for model in self.registry.all():
             await model.batcher.stop()
-            model.close()
+            await asyncio.to_thread(model.close)  # it waits for the model's threads: not on the loop
         await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -24,6 +24,16 @@ from .statistics import ModelStats
 
 log = logging.getLogger("camserve.models")
 
+def ranked_classes(logits: np.ndarray, class_index: np.ndarray) -> np.ndarray:
+    """The class each row asks for (c >= 0), or its r-th highest logit (-r), ties in
+    index order as the explain signature ranks them (export/explainer.py)."""
+    if (class_index >= -1).all():  # the common case: no ranking beyond the top-1
+        return np.where(class_index >= 0, class_index, np.argmax(logits, axis=1)).astype(np.int32)
+    ranked = np.argsort(-logits, axis=1, kind="stable")
+    by_rank = ranked[np.arange(len(logits)), np.clip(-class_index - 1, 0, logits.shape[1] - 1)]
+    return np.where(class_index >= 0, class_index, by_rank).astype(np.int32)
+
+
 class ServedModel:
     def __init__(self, path: Path, device: str, config: ModelConfig, metrics=None):
         self.path = Path(path)
@@ -42,6 +52,9 @@ class ServedModel:
         # Target layers (the default first) and fusions of their maps; one layer before exports had several.
         self.layers = [layer["name"] for layer in self.metadata.get("layers", [])] or [self.metadata["target_layer"]]
         self.fusions = list(self.metadata.get("fusions", []))
+        # The largest map an answer can carry: a fusion's comes at the finest layer's size.
+        sizes = [layer["feature_size"] for layer in self.metadata.get("layers", [])] or [self.metadata["feature_size"]]
+        self.map_size = tuple(max(sizes, key=lambda hw: hw[0] * hw[1]))
         self.layer_code = self.metadata.get("layer_code")
         self.classes = self.metadata.get("classes") or []
         self.head = self.metadata.get("head", "softmax")  # exports before heads had softmax only
@@ -65,7 +78,7 @@ class ServedModel:
         with tf.device(self.device):
             if method[0] == PREDICT and self._predict is not None:
                 outputs = {name: value.numpy() for name, value in self._predict(images=tf.constant(images)).items()}
-                outputs["class_index"] = np.where(class_index >= 0, class_index, np.argmax(outputs["logits"], axis=1)).astype(np.int32)
+                outputs["class_index"] = ranked_classes(outputs["logits"], class_index)
                 return outputs
             if method[0] == PREDICT:
                 method = np.zeros_like(method)  # its maps are computed and not sent

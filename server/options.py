@@ -18,6 +18,7 @@ class Limits:
     stream_window: int = 32  # requests one stream may have in flight (`serve` defaults it to the max batch size)
     background: int = colors.WHITE  # 0xRRGGBB under transparent pixels, unless the request sets its own
     max_response_bytes: int = 64 * 1024 * 1024  # gRPC's send limit: larger answers are refused before queueing
+    default_timeout_s: float = 0.0  # the deadline of a call that brings none (`serve` defaults it to 60); 0: none
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ServerOptions:
     limits: Limits = field(default_factory=Limits)
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = 1000  # beyond: RESOURCE_EXHAUSTED from gRPC before any work
+    http_body_timeout: float = 30.0  # seconds an HTTP request's body may take to arrive (408 beyond)
     # Connections are closed (after a grace) this often, so clients re-resolve and new replicas get traffic.
     max_connection_age: float = 300.0
     max_connection_age_grace: float = 30.0

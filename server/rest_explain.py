@@ -7,11 +7,13 @@ lists what is served, as ListModels does.
 
 The request becomes the native API's ExplainRequest and runs through the
 handler's pipeline; the answer is read back with the client's own Explanation,
-so boxes and overlays are drawn exactly as `camserve explain` draws them."""
+so boxes and overlays are drawn exactly as `camserve explain` draws them. The
+map is rendered once, inside the call (counted, drained, on the decode pool),
+at the image's size scaled down to at most RENDER_PIXELS: the PNG map, the
+overlay and the box all come from that one rendering."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import cv2
@@ -28,6 +30,7 @@ from .errors import invalid
 from .rest_kserve import as_json
 
 HEATMAPS = ("png", "uint8", "float16", "none")
+RENDER_PIXELS = 4_000_000  # a bound on what one upload renders: 2000 x 2000 pixels, 16 MB of map
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 OPTIONS = {
     "method", "class_index", "layer", "counterfactual", "top_k", "resize", "background", "timeout_ms",
@@ -42,7 +45,7 @@ def _number(query, name: str, kind, default, low=None, high=None):
         value = kind(query[name])
     except ValueError:
         raise invalid(f"query parameter {name}={query[name]!r} is not a{'n integer' if kind is int else ' number'}") from None
-    if (low is not None and value < low) or (high is not None and value > high):
+    if value != value or (low is not None and value < low) or (high is not None and value > high):  # NaN is in no range
         raise invalid(f"query parameter {name}={value} is outside {low}..{high}")
     return value
 
@@ -101,9 +104,15 @@ def _png(rgb: np.ndarray) -> bytes:
     return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
 
 
-def _encoded_map(found: messages.Explanation, options: Options) -> dict:
+def render_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of the image scaled down, aspect kept, to at most RENDER_PIXELS."""
+    shrink = min(1.0, (RENDER_PIXELS / (height * width)) ** 0.5)
+    return max(1, int(height * shrink)), max(1, int(width * shrink))
+
+
+def _encoded_map(found: messages.Explanation, options: Options, rendered: np.ndarray | None) -> dict:
     height, width = found.image_size
-    values = found.heatmap_at(width, height) if options.original else found.heatmap
+    values = rendered if options.original else found.heatmap
     if options.heatmap == "png":
         data = _png(overlay.colorize(values, options.colormap))
     elif options.heatmap == "uint8":
@@ -126,16 +135,26 @@ def _prediction(p: messages.Prediction) -> dict:
     return {"index": p.index, "label": p.label, "probability": p.probability, "logit": p.logit}
 
 
+def _scaled(box: boxes.Box, to: tuple[int, int], source: tuple[int, int]) -> boxes.Box:
+    """A box on an image of `source` (height, width) on the same image at `to`."""
+    sy, sx = to[0] / source[0], to[1] / source[1]
+    return boxes.Box(int(box.x0 * sx), int(box.y0 * sy), min(to[1], round(box.x1 * sx)), min(to[0], round(box.y1 * sy)))
+
+
 def render(found: messages.Explanation, options: Options, image: bytes, background: int) -> web.Response:
     """The answer, on the decode pool: resizing a map to a photo and encoding PNGs is real work."""
-    box = found.box(options.box) if found.heatmap is not None and options.box > 0 else None
+    height, width = render_size(*found.image_size)
+    wanted = found.heatmap is not None and (options.overlay or options.original or options.box > 0)
+    rendered = found.heatmap_at(width, height) if wanted else None
+    drawn_box = boxes.largest_region(rendered, options.box) if rendered is not None and options.box > 0 else None
+    box = _scaled(drawn_box, found.image_size, (height, width)) if drawn_box else None
     if options.overlay:
         # Decoded again: the pipeline keeps only the model-sized canvas of a waiting
         # request (README, memory), not the image.
-        pixels = images.to_rgb(images.decode(image), background)
-        drawn = found.overlay(pixels, options.colormap, options.opacity)
-        if box:
-            drawn = boxes.draw(drawn, box)
+        pixels = cv2.resize(images.to_rgb(images.decode(image), background), (width, height), interpolation=cv2.INTER_AREA)
+        drawn = overlay.blend(pixels, rendered, options.colormap, options.opacity)
+        if drawn_box:
+            drawn = boxes.draw(drawn, drawn_box)
         return web.Response(body=_png(drawn), content_type="image/png")
     document = {
         "model": found.model,
@@ -144,7 +163,7 @@ def render(found: messages.Explanation, options: Options, image: bytes, backgrou
         "image": {"height": found.image_size[0], "width": found.image_size[1]},
         "explained": {"index": found.class_index, "label": found.label, "probability": found.probability},
         "top_k": [_prediction(p) for p in found.top_k],
-        "heatmap": _encoded_map(found, options) if found.heatmap is not None else None,
+        "heatmap": _encoded_map(found, options, rendered) if found.heatmap is not None else None,
         "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1} if box else None,
         "timing": {"queue_ms": found.queue_ms, "compute_ms": found.compute_ms, "batch_size": found.batch_size, "total_ms": found.total_ms},
     }
@@ -155,7 +174,10 @@ async def _image(request: web.Request) -> bytes:
     """The raw body, or the first file of a multipart form. Both are read by aiohttp
     within the message limit (413 beyond); a form's files go to temporary files."""
     if request.content_type.startswith("multipart/"):
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError) as err:  # aiohttp's words for a malformed form (UnicodeDecodeError is a ValueError)
+            raise invalid(f"the multipart form is malformed: {err}") from None
         for field in form.values():
             if isinstance(field, web.FileField):
                 return field.file.read()
@@ -176,11 +198,10 @@ def routes(service, handler) -> list[web.RouteDef]:
         if not image:
             raise invalid("no image: send it as the request body or a multipart file")
         message = messages.request_message(image, options.request)
-        response = await handler.explain(message, Context(), "http")
-        found = messages.explanation(response)
         background = message.background if message.HasField("background") else handler.limits.background
-        build = lambda: render(found, options, image, background)  # noqa: E731
-        return await asyncio.get_running_loop().run_in_executor(handler.executor, build)
+        return await handler.explain(
+            message, Context(), "http", render=lambda response: render(messages.explanation(response), options, image, background)
+        )
 
     return [
         web.get("/camserve/models", list_models),

@@ -25,6 +25,7 @@ from .errors import RequestError, invalid
 from .tensors import NUMPY
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}  # JSON's names, for errors
 
 
 def as_json(message) -> dict:
@@ -82,24 +83,49 @@ def _raw(tensor: dict, name: str) -> bytes:
         raise invalid(f"input {name!r} has unsupported datatype {datatype!r}")
     values = _elements(tensor["data"], datatype, name)
     if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(e)) + e for e in (v.encode() for v in values))
+        try:
+            encoded = [v.encode() for v in values]
+        except UnicodeEncodeError:  # a lone surrogate, escaped in the JSON
+            raise invalid(f"input {name!r}: BYTES data must be valid Unicode") from None
+        return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
     return values.astype(NUMPY[datatype]).tobytes()
+
+
+def _member(document: dict, key: str, kind: type, where: str = ""):
+    """document[key] (None when absent), refused unless it is a `kind`."""
+    value = document.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise invalid(f'{where}"{key}" must be {KINDS[kind]}, not {type(value).__name__}')
+    return value
+
+
+def _text(value, what: str) -> str:
+    """A string protobuf can carry: valid Unicode, which a lone surrogate (an escaped
+    half of a UTF-16 pair in JSON) is not."""
+    if not isinstance(value, str):
+        raise invalid(f"{what} must be a string")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise invalid(f"{what} {value!r} is not valid Unicode") from None
+    return value
 
 
 def _input(tensor, binary: memoryview, offset: int) -> tuple[kpb.ModelInferRequest.InferInputTensor, bytes, int]:
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise invalid("each input is an object with a name, a shape, a datatype and data")
-    name, shape, datatype = tensor["name"], tensor.get("shape"), tensor.get("datatype")
+    name, shape, datatype = _text(tensor["name"], "an input's name"), tensor.get("shape"), tensor.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise invalid(f"input {name!r}: shape must be a list of integers")
-    if not isinstance(datatype, str):
-        raise invalid(f"input {name!r}: datatype must be a string such as UINT8")
-    if any(d < 0 for d in shape) or math.prod(shape) > 2**40:
+    _text(datatype, f"input {name!r}: datatype (such as UINT8)")
+    # Each dimension bounded too: with a 0 among them the product says nothing of the others.
+    if any(not 0 <= d <= 2**40 for d in shape) or math.prod(shape) > 2**40:
         raise invalid(f"input {name!r} has shape {shape}")
-    parameters = tensor.get("parameters") or {}
-    size = parameters.get("binary_data_size")
+    size = (_member(tensor, "parameters", dict, f"input {name!r}: ") or {}).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise invalid(f"input {name!r}: binary_data_size must be a number of bytes, not {size!r}")
+        if offset + size > len(binary):
             raise invalid(f"input {name!r}: binary_data_size {size} runs past the {len(binary) - offset} binary bytes left")
         raw, offset = bytes(binary[offset : offset + size]), offset + size
     elif "data" in tensor:
@@ -116,7 +142,7 @@ def _parameter(message: kpb.InferParameter, name: str, value):
     elif isinstance(value, int) and -(2**63) <= value < 2**63:
         message.int64_param = value
     elif isinstance(value, str):
-        message.string_param = value
+        message.string_param = _text(value, f"parameter {name!r}")
     elif isinstance(value, float):
         message.double_param = value
     else:
@@ -131,7 +157,8 @@ def parse_infer(
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isdigit() alone takes "²", which int() refuses.
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise invalid(f"{HEADER_LENGTH} {header_length!r} is not a length within the {len(body)}-byte body")
         header, binary = body[: int(header_length)], memoryview(body)[int(header_length) :]
     if len(header) > max_json:
@@ -145,14 +172,16 @@ def parse_infer(
         document = json.loads(header)
     except (ValueError, UnicodeDecodeError) as err:
         raise invalid(f"the request is not valid JSON: {err}") from None
+    except RecursionError:
+        raise invalid("the request's JSON is nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise invalid('the request is a JSON object with an "inputs" list')
-    parameters = document.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise invalid('"parameters" is an object')
-    request = kpb.ModelInferRequest(model_name=model, model_version=version, id=str(document.get("id", "")))
+    parameters = _member(document, "parameters", dict) or {}
+    request_id = _member(document, "id", str) or ""
+    request = kpb.ModelInferRequest(model_name=model, model_version=version, id=_text(request_id, '"id"'))
     for name, value in parameters.items():
-        _parameter(request.parameters[name], name, value)
+        _parameter(request.parameters[_text(name, "a parameter's name")], name, value)
+    binary_output = _member(parameters, "binary_data_output", bool, '"parameters": ') or False
     offset = 0
     for tensor in document["inputs"]:
         message, raw, offset = _input(tensor, binary, offset)
@@ -161,16 +190,19 @@ def parse_infer(
     if offset != len(binary):
         raise invalid(f"{len(binary) - offset} binary bytes after the last input's binary_data_size")
     binary_outputs = set()
-    for output in document.get("outputs") or []:
+    outputs = _member(document, "outputs", list) or []
+    for output in outputs:
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise invalid('each requested output is an object with a "name"')
-        wanted = output.get("parameters") or {}
+        name = _text(output["name"], "an output's name")
+        wanted = _member(output, "parameters", dict, f"output {name!r}: ") or {}
         if "classification" in wanted:
-            raise invalid(f"output {output['name']!r}: the classification extension is not supported; read probabilities")
-        request.outputs.add(name=output["name"])
-        if wanted.get("binary_data", parameters.get("binary_data_output", False)):
-            binary_outputs.add(output["name"])
-    if not document.get("outputs") and parameters.get("binary_data_output", False):
+            raise invalid(f"output {name!r}: the classification extension is not supported; read probabilities")
+        request.outputs.add(name=name)
+        binary = _member(wanted, "binary_data", bool, f"output {name!r}: ")
+        if binary_output if binary is None else binary:
+            binary_outputs.add(name)
+    if not outputs and binary_output:
         binary_outputs = {"*"}
     return request, binary_outputs
 

@@ -199,3 +199,104 @@ def test_an_export_without_ranks_or_counterfactuals_says_to_re_export(poisoned_s
         with pytest.raises(grpc.RpcError) as err:
             client.explain(image(False), **options)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "re-export" in err.value.details()
+
+
+def _batcher(run_batch, size: int = 2):
+    from camserve.server.batcher import Batcher, BatchingOptions
+    from camserve.server.statistics import ModelStats
+
+    return Batcher(run_batch, BatchingOptions(max_batch_size=size), ThreadPoolExecutor(1), ModelStats(), name="m")
+
+
+def _item(loop):
+    from camserve.server.batcher import Item
+
+    return Item(np.zeros((2, 2, 3), np.uint8), -1, 0, None, loop.create_future())
+
+
+def test_a_crashed_batcher_is_idle_so_retiring_and_draining_end():
+    """After the loop died its callers are answered and nothing will run there:
+    drained() returns (it waited forever, so retiring the version and SIGTERM hung)."""
+
+    class Fatal(BaseException):
+        pass
+
+    def run_batch(images, class_index, method):
+        raise Fatal("the batcher loop cannot survive this")
+
+    async def scenario():
+        batcher = _batcher(run_batch)
+        batcher.on_crash = lambda err: None
+        batcher.start()
+        items = [_item(asyncio.get_running_loop()) for _ in range(3)]
+        for item in items:
+            batcher.submit(item)
+        await asyncio.gather(*(item.future for item in items), return_exceptions=True)
+        await asyncio.wait_for(batcher.drained(), 5)
+        await asyncio.wait_for(batcher.stop(), 5)
+
+    asyncio.run(scenario())
+
+
+def test_stopping_a_batcher_answers_the_batch_it_was_running():
+    """stop() while a batch runs (a forced stop: drain timeout, retirement): the
+    batch's callers get UNAVAILABLE rather than waiting for ever."""
+    from camserve.server.errors import RequestError
+
+    running, release = threading.Event(), threading.Event()
+
+    def run_batch(images, class_index, method):
+        running.set()
+        release.wait(10)
+        return {"logits": np.zeros((len(images), 2), np.float32)}
+
+    async def scenario():
+        batcher = _batcher(run_batch)
+        batcher.start()
+        items = [_item(asyncio.get_running_loop()) for _ in range(2)]
+        for item in items:
+            batcher.submit(item)
+        await asyncio.to_thread(running.wait, 10)
+        try:
+            await asyncio.wait_for(batcher.stop(), 5)
+            return [item.future.exception() for item in items if item.future.done()]
+        finally:
+            release.set()
+
+    errors = asyncio.run(scenario())
+    assert len(errors) == 2 and all(isinstance(e, RequestError) and e.code == grpc.StatusCode.UNAVAILABLE for e in errors)
+
+
+def test_closing_the_models_does_not_block_the_event_loop(tmp_path):
+    """ModelManager.close() waits for each model's threads off the loop (it shut its
+    executors down on it: the loop stood still for as long as a batch ran)."""
+    from camserve.server.lifecycle import ModelManager
+    from camserve.server.model_config import ModelConfig
+    from camserve.server.models import Registry
+
+    class Model:  # what close() touches of a ServedModel: its batcher and its threads
+        name, version = "m", 1
+
+        def __init__(self):
+            self.batcher = _batcher(lambda *args: {})
+
+        def close(self):
+            time.sleep(0.3)
+
+    async def scenario():
+        registry = Registry()
+        registry.add(Model())
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        await ModelManager(tmp_path, None, ModelConfig(), registry, "/CPU:0").close()
+        ticker.cancel()
+        return ticks
+
+    assert asyncio.run(scenario()) >= 10

@@ -2,6 +2,10 @@
 KServe, the answer is a status from the documented set and the server stays
 healthy."""
 
+import http.client
+import json
+import urllib.parse
+
 import cv2
 import grpc
 import numpy as np
@@ -121,7 +125,7 @@ DATATYPES = ["UINT8", "INT32", "INT64", "FP32", "FP64", "BYTES", "BOOL", "FP16",
 def kserve_requests(draw):
     request = service_pb2.ModelInferRequest(
         model_name=draw(st.sampled_from(["tiny", "tiny", "nope", ""])),
-        model_version=draw(st.sampled_from(["", "1", "2", "x", "-1"])),
+        model_version=draw(st.sampled_from(["", "1", "2", "x", "-1", "²", "１", "99999999999999999999999"])),
         id=draw(st.text(max_size=6)),
     )
     use_raw = draw(st.booleans())
@@ -165,7 +169,7 @@ FEW = settings(FUZZ, max_examples=40)
 
 
 @FEW
-@given(name=names, version=st.integers(-(2**63), 2**63 - 1), text_version=st.sampled_from(["", "1", "abc", "-1", "99", "1.5"]))
+@given(name=names, version=st.integers(-(2**63), 2**63 - 1), text_version=st.sampled_from(["", "1", "abc", "-1", "99", "1.5", "²", "１", "99999999999999999999999", "9" * 5000]))
 def test_every_metadata_rpc_gets_documented_statuses(channel, name, version, text_version):
     native = pb_grpc.CamServeStub(channel)
     assert_documented(native.GetModel, pb.GetModelRequest(model=name, version=version))
@@ -252,3 +256,222 @@ def test_extreme_aspect_ratios_on_non_square_models_are_answered(shaped_channel,
         assert (response.heatmap.height, response.heatmap.width) == (height, width)
     elif resize == pb.RESIZE_CENTER_CROP:
         assert 0 <= region.x0 and 0 <= region.y0 and region.x1 <= width and region.y1 <= height
+
+
+# -- HTTP ----------------------------------------------------------------------
+
+HTTP_DOCUMENTED = {200, 400, 401, 404, 405, 408, 413, 429, 503, 504}
+HTTP_FUZZ = settings(FUZZ, max_examples=80)
+# Strings that have broken servers: empty, a lone surrogate (JSON can escape one), digits
+# isdigit() takes and int() refuses or reads, NUL, a number past int64.
+ODD_TEXT = ["", "\udcff", "\ud800", "²", "１", "\x00", "9" * 30, "tiny", "images", "UINT8", "BYTES"]
+KEYS = ["inputs", "outputs", "parameters", "id", "name", "shape", "datatype", "data", "binary_data_size", "binary_data",
+        "binary_data_output", "classification", "timeout", "sequence_id"]
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8) | st.sampled_from(ODD_TEXT)
+)
+json_values = st.recursive(
+    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def either(draw, strategy):
+    """Mostly a value of the expected kind, sometimes any JSON value."""
+    return draw(json_values) if draw(st.integers(0, 4)) == 0 else draw(strategy)
+
+
+@st.composite
+def image_input(draw, binary: list[bytes]):
+    """A well-formed `images` tensor, as JSON data or binary."""
+    n = draw(st.integers(1, 2))
+    tensor = {"name": "images", "datatype": "UINT8", "shape": [n, models.SIZE, models.SIZE, 3]}
+    if draw(st.booleans()):
+        tensor["data"] = [7] * (n * models.SIZE * models.SIZE * 3)
+    else:
+        binary.append(bytes(n * models.SIZE * models.SIZE * 3))
+        tensor["parameters"] = {"binary_data_size": len(binary[-1])}
+    return tensor
+
+
+@st.composite
+def rest_inputs(draw, binary: list[bytes]):
+    """One input tensor as KServe REST JSON; a binary one appends its bytes to `binary`."""
+    name = either(draw, st.sampled_from(["images", "images", "image_bytes", "class_index", "method", "counterfactual", "layer", "other"]))
+    tensor = {
+        "name": name,
+        "datatype": either(draw, st.sampled_from(DATATYPES)),
+        "shape": either(draw, st.lists(st.integers(-2, 40) | st.sampled_from([0, 2**31, 2**40, 2**64, 10**30]), max_size=5)),
+    }
+    kind = draw(st.sampled_from(["image", "data", "binary", "binary", "none"]))
+    if kind == "image":
+        tensor = draw(image_input(binary))
+    elif kind == "data":
+        tensor["data"] = either(draw, st.lists(st.integers(-300, 300) | st.floats() | st.text(max_size=3), max_size=30))
+    elif kind == "binary":
+        blob = draw(st.binary(max_size=300))
+        binary.append(blob)
+        tensor["parameters"] = either(draw, st.fixed_dictionaries({"binary_data_size": st.sampled_from([len(blob)]) | st.integers(-1, 400)}))
+    if draw(st.integers(0, 5)) == 0:
+        tensor["parameters"] = draw(json_values)
+    return tensor
+
+
+@st.composite
+def rest_outputs(draw):
+    output = {"name": either(draw, st.sampled_from(["logits", "probabilities", "class_index", "heatmap", "heatmap_scale", "nope", ""]))}
+    if draw(st.booleans()):
+        output["parameters"] = either(draw, st.fixed_dictionaries({}, optional={"binary_data": st.booleans(), "classification": st.integers(0, 3)}))
+    return output
+
+
+@st.composite
+def kserve_rest_bodies(draw):
+    """(body, headers) of a KServe REST infer call: the protocol's structure with any
+    part of the wrong kind now and then, binary tensors (Triton's extension) with right
+    or wrong sizes and header lengths, or no structure at all."""
+    shape = draw(st.sampled_from(["well formed", "well formed", "structured", "structured", "any JSON", "bytes"]))
+    if shape == "bytes":
+        return draw(st.binary(max_size=200)), {}
+    if shape == "any JSON":
+        return json.dumps(draw(json_values)).encode(), {}
+    binary = []
+    if shape == "well formed":  # what a client sends, options drawn: the deeper paths run
+        document = {"inputs": [draw(image_input(binary))]}
+        n = document["inputs"][0]["shape"][0]
+        for name, values in (("class_index", st.integers(-6, 6)), ("method", st.integers(-1, 10)), ("layer", st.integers(-1, 3))):
+            if draw(st.booleans()):
+                document["inputs"].append({"name": name, "datatype": "INT32", "shape": [n], "data": draw(st.lists(values, min_size=n, max_size=n))})
+        names = st.sampled_from(["logits", "probabilities", "class_index", "heatmap", "heatmap_scale"])
+        outputs = draw(st.lists(st.fixed_dictionaries({"name": names}, optional={"parameters": st.fixed_dictionaries({"binary_data": st.booleans()})}), max_size=3))
+        document["outputs"] = outputs
+        document["parameters"] = draw(st.fixed_dictionaries({}, optional={"binary_data_output": st.booleans(), "timeout": st.integers(0, 10**8)}))
+        document["id"] = draw(st.text(max_size=6))
+        header = json.dumps(document).encode()
+        return header + b"".join(binary), {"Inference-Header-Content-Length": str(len(header)).encode()} if binary else {}
+    document = {"inputs": either(draw, st.lists(rest_inputs(binary), max_size=3))}
+    if draw(st.booleans()):
+        document["outputs"] = either(draw, st.lists(rest_outputs(), max_size=3))
+    if draw(st.booleans()):
+        document["parameters"] = either(draw, st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), json_scalars, max_size=3))
+    if draw(st.booleans()):
+        document["id"] = either(draw, st.text(max_size=6) | st.sampled_from(ODD_TEXT))
+    header = json.dumps(document).encode()
+    tail = b"".join(binary) + draw(st.sampled_from([b"", b"", b"extra"]))
+    if not tail and draw(st.booleans()):
+        return header, {}
+    length = draw(st.sampled_from([str(len(header))] * 3 + ["", "-1", "²", "１", "99999999999999999999999", str(len(header) + len(tail) + 1)]) | st.integers(0, len(header) + len(tail)).map(str))
+    return header + tail, {"Inference-Header-Content-Length": length.encode()}
+
+
+def http_call(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def assert_http_documented(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    status, answer = http_call(server, method, path, body, headers)
+    assert status in HTTP_DOCUMENTED, f"{status} for {method} {path}: {answer[:300]!r}"
+    if status >= 400:
+        assert json.loads(answer)["error"], "every refusal says why"
+
+
+@HTTP_FUZZ
+@given(request=kserve_rest_bodies(), version=st.sampled_from(["", "", "/versions/1", "/versions/2", "/versions/%C2%B2"]))
+def test_kserve_rest_infer_gets_documented_statuses(server, request, version):
+    body, headers = request
+    assert_http_documented(server, "POST", f"/v2/models/tiny{version}/infer", body, headers)
+
+
+# rest_explain's options (not imported: its KServe stubs and tritonclient's share a proto package), and unknown ones.
+OPTION_NAMES = [
+    "method", "class_index", "layer", "counterfactual", "top_k", "resize", "background", "timeout_ms", "heatmap", "size", "format",
+    "opacity", "colormap", "box", "colour", "", "x",
+]
+OPTION_VALUES = [
+    "", "0", "1", "-1", "-6", "2", "nan", "inf", "-0", "1e999", "99999999999999999999", "²", "１", "\x00", "yes", "no",
+    "gradcam", "gradcam++", "png", "uint8", "float16", "none", "original", "feature", "overlay", "json", "letterbox",
+    "center_crop", "jet", "viridis", "FF0000", "0x00ff00", "block_out", "mean", "max",
+]
+
+GOOD_OPTIONS = {
+    "method": ["gradcam", "gradcam++", "layercam"], "class_index": ["0", "-1", "4"], "layer": ["block_out"], "counterfactual": ["yes", "no"],
+    "top_k": ["1", "5"], "resize": ["stretch", "center_crop", "letterbox"], "background": ["FF0000"], "timeout_ms": ["0", "1", "60000"],
+    "heatmap": ["png", "uint8", "float16", "none"], "size": ["original", "feature"], "format": ["json", "overlay"],
+    "opacity": ["0", "0.5", "nan"], "colormap": ["jet", "viridis"], "box": ["0", "0.3"],
+}
+
+
+@st.composite
+def uploads(draw):
+    """(query string, body, headers) of an explain upload: options from the known
+    names and odd values, the image raw, in a well-formed multipart form (file or
+    text fields, any names) or mislabelled."""
+    if draw(st.booleans()):  # each option's name with one of its own values
+        pairs = list(draw(st.dictionaries(st.sampled_from(sorted(GOOD_OPTIONS)), st.none(), max_size=4)))
+        pairs = [(name, draw(st.sampled_from(GOOD_OPTIONS[name]))) for name in pairs]
+    else:
+        pairs = draw(st.lists(st.tuples(st.sampled_from(OPTION_NAMES), st.sampled_from(OPTION_VALUES) | st.text(max_size=6)), max_size=4))
+    query = urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
+    image = draw(images_bytes() | st.binary(max_size=100) | st.just(b""))
+    kind = draw(st.sampled_from(["raw", "raw", "multipart", "urlencoded", "text"]))
+    if kind == "multipart":
+        parts = []
+        for _ in range(draw(st.integers(0, 3))):
+            name = draw(st.text(max_size=6).map(urllib.parse.quote))
+            if draw(st.booleans()):
+                filename = draw(st.text(max_size=6).map(urllib.parse.quote))
+                head = f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\nContent-Type: image/png'
+                data = image
+            else:
+                head = f'Content-Disposition: form-data; name="{name}"'
+                data = draw(st.text(max_size=10)).encode()
+            parts.append(b"--B\r\n" + head.encode() + b"\r\n\r\n" + data + b"\r\n")
+        return query, b"".join(parts) + b"--B--\r\n", {"Content-Type": "multipart/form-data; boundary=B"}
+    content_type = {"raw": "application/octet-stream", "urlencoded": "application/x-www-form-urlencoded", "text": "text/plain; charset=nope"}[kind]
+    return query, image, {"Content-Type": content_type}
+
+
+@HTTP_FUZZ
+@given(upload=uploads(), version=st.sampled_from(["", "", "/versions/1", "/versions/9", "/versions/%EF%BC%91"]))
+def test_explain_uploads_get_documented_statuses(server, upload, version):
+    query, body, headers = upload
+    assert_http_documented(server, "POST", f"/camserve/models/tiny{version}/explain?{query}", body, headers)
+
+
+ROUTES = [
+    ("GET", "/v2/models/{model}"), ("GET", "/v2/models/{model}/ready"), ("GET", "/v2/models/{model}/config"),
+    ("GET", "/v2/models/{model}/stats"), ("POST", "/v2/models/{model}/infer"), ("POST", "/camserve/models/{model}/explain"),
+]
+ROUTES += [(method, path.replace("{model}", "{model}/versions/{version}")) for method, path in ROUTES]
+# Percent-encodings of any text, ones that are no UTF-8 (an encoded surrogate, an overlong
+# slash), of a slash or NUL, broken ones, and numbers far past int64.
+segments = (
+    st.text(max_size=10).map(lambda text: urllib.parse.quote(text, safe=""))
+    | st.sampled_from(["tiny", "1", "0", "-1", "%FF", "%ED%B3%BF", "%C0%AF", "%2F", "%00", "%", "%zz", "%C2%B2", "%EF%BC%91", "..", "9" * 300])
+    | st.integers(-(2**70), 2**70).map(str)
+)
+versions = st.sampled_from(["1", "0", "-1", "%C2%B2", "%EF%BC%91", "99999999999999999999999", "9" * 5000]) | segments
+
+
+@HTTP_FUZZ
+@given(route=st.sampled_from(ROUTES), model=segments, version=versions, method=st.sampled_from(["route's", "route's", "GET", "POST", "DELETE"]))
+def test_every_http_path_parameter_gets_documented_statuses(server, route, model, version, method):
+    verb, template = route
+    verb = verb if method == "route's" else method
+    one_image = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 1, 3], "datatype": "UINT8", "data": [0, 0, 0]}]}).encode()
+    body = (one_image if "infer" in template else _encoded(np.zeros((4, 4, 3), np.uint8), ".png")) if verb == "POST" else None
+    assert_http_documented(server, verb, template.format(model=model, version=version), body)
+
+
+def test_http_is_healthy_after_fuzzing(server):
+    assert http_call(server, "GET", "/v2/health/ready")[0] == 200
+    body = json.dumps({"inputs": [{"name": "images", "shape": [1, models.SIZE, models.SIZE, 3], "datatype": "UINT8",
+                                   "data": [7] * (models.SIZE * models.SIZE * 3)}]}).encode()
+    status, answer = http_call(server, "POST", "/v2/models/tiny/infer", body)
+    assert status == 200 and json.loads(answer)["model_name"] == "tiny"

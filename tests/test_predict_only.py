@@ -77,3 +77,25 @@ def test_batches_never_mix_predict_only_and_explain_requests(predict_server):
             assert all(count % size == 0 for size, count in sizes.items()), (predicted, sizes)
             batched += sum(count for size, count in sizes.items() if size > 1)
     assert batched, "requests were batched at all"
+
+
+@pytest.mark.parametrize("kind", ["functional", "sigmoid"])
+def test_predict_only_honours_class_ranks(predict_server, kind):
+    """class_index -r is the r-th highest class on the predict path too, natively and
+    over KServe when no map output is asked for (it used to answer the top-1)."""
+    import tritonclient.grpc as triton
+
+    images = reference.smooth_images(3, models.SIZE, seed=93)
+    with Client(predict_server.target, model=kind) as client:
+        for image in images:
+            scores = client.explain(image, return_scores=True).logits
+            ranked = np.argsort(-scores, kind="stable")
+            for rank in (2, 3, models.CLASSES):
+                assert client.predict(image, class_index=-rank).class_index == ranked[rank - 1], rank
+    inputs = [triton.InferInput("images", list(images.shape), "UINT8"), triton.InferInput("class_index", [len(images)], "INT32")]
+    inputs[0].set_data_from_numpy(images)
+    inputs[1].set_data_from_numpy(np.full(len(images), -2, np.int32))
+    outputs = [triton.InferRequestedOutput(name) for name in ("logits", "class_index")]
+    answer = triton.InferenceServerClient(predict_server.target).infer(kind, inputs, outputs=outputs)
+    runner_up = np.argsort(-answer.as_numpy("logits"), axis=1, kind="stable")[:, 1]
+    np.testing.assert_array_equal(answer.as_numpy("class_index"), runner_up)

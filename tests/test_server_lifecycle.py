@@ -35,12 +35,13 @@ def slow_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def strict(slow_repo, tmp_path_factory):
-    """One request a batch, at most 16 waiting; readiness and liveness are watched
-    from the first moment; metrics on another loopback address than gRPC."""
+    """One request a batch, at most 16 waiting, a stream may have 16 in flight;
+    readiness and liveness are watched from the first moment; metrics on another
+    loopback address than gRPC."""
     process = ServerProcess(
         slow_repo,
         tmp_path_factory.mktemp("logs") / "strict.log",
-        *("--max-batch-size", "1", "--max-enqueued", "16", "--shutdown-delay", "1.5", "--drain-timeout", "20"),
+        *("--max-batch-size", "1", "--max-enqueued", "16", "--stream-window", "16", "--shutdown-delay", "1.5", "--drain-timeout", "20"),
         *("--max-message-mb", "1", "--max-pixels", "500000"),
         metrics_host="127.0.0.2",
     )
@@ -142,10 +143,11 @@ def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
 
 
 def test_a_caller_leaving_mid_stream_leaves_no_work_behind(strict):
-    """14 images streamed (within max_enqueued) at ~10 ms each; the caller hangs
-    up after the first answer: the rest are dropped, not run, and nothing stays
-    in flight."""
+    """14 images streamed (within max_enqueued and the stream window, so all are in
+    flight) at ~10 ms each; the caller hangs up after the first answer: the rest
+    are dropped, not run, and nothing stays in flight."""
     executed_before = strict.metric("camserve_executed_requests_total", model="slow")
+    cancelled_before = strict.metric("camserve_requests_total", code="CANCELLED")
     with Client(strict.target, model="slow", retries=0) as client:
         stream = client.stub.ExplainStream(
             iter([client._request(IMAGE, request_id=str(i)) for i in range(14)]), timeout=60
@@ -163,8 +165,30 @@ def test_a_caller_leaving_mid_stream_leaves_no_work_behind(strict):
     assert left_behind() == 0
     executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
     assert executed < 14, "the abandoned requests should not all have run"
-    assert strict.metric("camserve_requests_total", code="CANCELLED") > 0
+    # Several were in flight when the caller left (a window of 1 would hold one).
+    assert strict.metric("camserve_requests_total", code="CANCELLED") - cancelled_before >= 2
     assert strict.health() == "SERVING"
+
+
+def test_a_failed_image_cancels_its_siblings_before_the_call_ends(strict):
+    """A KServe call of 13 images whose first cannot be decoded fails at once with
+    INVALID_ARGUMENT; its 12 siblings (~10 ms each, one a batch) are cancelled,
+    not run after the call has ended, and nothing stays in flight."""
+    import cv2
+    import tritonclient.grpc as triton
+
+    executed_before = strict.metric("camserve_executed_requests_total", model="slow")
+    good = cv2.imencode(".png", IMAGE)[1].tobytes()
+    blobs = np.array([b"not an image", *[good] * 12], dtype=object)
+    images = triton.InferInput("image_bytes", [len(blobs)], "BYTES")
+    images.set_data_from_numpy(blobs)
+    with pytest.raises(triton.InferenceServerException) as err:
+        triton.InferenceServerClient(strict.target).infer("slow", [images])
+    assert "INVALID_ARGUMENT" in str(err.value.status()) and "is not a JPEG" in err.value.message()
+    assert strict.metric("camserve_in_flight_requests") == 0, "the call ended only after its images had"
+    time.sleep(0.3)  # what a sibling left running would have done by now: 12 x 10 ms
+    executed = strict.metric("camserve_executed_requests_total", model="slow") - executed_before
+    assert executed <= 2, f"{executed} images of a failed call ran"
 
 
 def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
