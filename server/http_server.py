@@ -32,8 +32,12 @@ JSON_SHARE = 8
 OPEN_PATHS = ("/v2/health/",)  # probes carry no secrets, as on gRPC
 PUBLIC_FILES = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}  # the page asks for a token itself
 # Routes outside the limit on calls in flight: a probe refused while the slots are full
-# would restart a pod that is only busy, and the page must load to show why. None reads a body.
-UNCOUNTED = {"/v2/health/live", "/v2/health/ready", "/v2/models/{model}/ready", "/v2/models/{model}/versions/{version}/ready", *PUBLIC_FILES}
+# would restart a pod that is only busy, a scrape refused would hide the overload, and the
+# page must load to show why. None reads a body.
+UNCOUNTED = {
+    "/v2/health/live", "/v2/health/ready", "/v2/models/{model}/ready", "/v2/models/{model}/versions/{version}/ready",
+    "/metrics", *PUBLIC_FILES,
+}
 
 STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,

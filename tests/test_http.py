@@ -478,7 +478,7 @@ def answer(s: socket.socket) -> tuple[int, dict]:
     return response.status, json.loads(response.read())
 
 
-def test_stalled_bodies_are_cut_at_the_body_timeout_and_health_and_the_page_stay_open(limited):
+def test_stalled_bodies_are_cut_at_the_body_timeout_and_health_metrics_and_the_page_stay_open(limited):
     """Two calls whose bodies never finish fill --max-concurrent-rpcs 2: a JSON infer
     that stops after one byte and a multipart upload that trickles a byte every 0.1 s
     (progress does not extend the deadline). Health, readiness and the page answer at
@@ -501,7 +501,7 @@ def test_stalled_bodies_are_cut_at_the_body_timeout_and_health_and_the_page_stay
             while status != 429 and not (answered(infer) or answered(form)):  # until both have reached their handlers
                 status, error = error_of(limited, "POST", "/v2/models/tiny/infer", body, headers)
             assert status == 429 and "calls in flight" in error, error
-            for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready", "/v2/models/tiny/versions/1/ready", "/", "/app.js", "/style.css"):
+            for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready", "/v2/models/tiny/versions/1/ready", "/metrics", "/", "/app.js", "/style.css"):
                 assert call(limited, "GET", path, headers=AUTH)[0] == 200, path
             assert error_of(limited, "POST", "/v2/models/tiny/infer", body, headers)[0] == 429  # they took no place
             assert not (answered(infer) or answered(form)), "the body timeout came before the server was seen full"
