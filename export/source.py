@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 from dataclasses import dataclass
@@ -13,27 +15,54 @@ from pathlib import Path
 
 import keras
 
-# keras.applications name -> (constructor, the preprocessing its weights expect).
-APPLICATIONS = {
-    "vgg16": ("VGG16", "caffe"),
-    "vgg19": ("VGG19", "caffe"),
-    "resnet50": ("ResNet50", "caffe"),
-    "resnet101": ("ResNet101", "caffe"),
-    "resnet152": ("ResNet152", "caffe"),
-    "resnet50_v2": ("ResNet50V2", "tf"),
-    "resnet101_v2": ("ResNet101V2", "tf"),
-    "mobilenet": ("MobileNet", "tf"),
-    "mobilenet_v2": ("MobileNetV2", "tf"),
-    "mobilenet_v3_small": ("MobileNetV3Small", "none"),
-    "mobilenet_v3_large": ("MobileNetV3Large", "none"),
-    "inception_v3": ("InceptionV3", "tf"),
-    "xception": ("Xception", "tf"),
-    "densenet121": ("DenseNet121", "torch"),
-    "densenet169": ("DenseNet169", "torch"),
-    "efficientnet_b0": ("EfficientNetB0", "none"),
-    "efficientnet_v2_b0": ("EfficientNetV2B0", "none"),
-    "convnext_tiny": ("ConvNeXtTiny", "none"),
+# The preprocessing each keras.applications family's weights expect, by the module its
+# constructors live in: the mode its preprocess_input applies, "none" where that is the
+# identity because the model rescales inside (tests/test_applications.py checks each
+# against keras). A family Keras adds later is accepted with no mode: the caller says.
+FAMILY_PREPROCESS = {
+    "convnext": "none",
+    "densenet": "torch",
+    "efficientnet": "none",
+    "efficientnet_v2": "none",
+    "inception_resnet_v2": "tf",
+    "inception_v3": "tf",
+    "mobilenet": "tf",
+    "mobilenet_v2": "tf",
+    "mobilenet_v3": "none",
+    "nasnet": "tf",
+    "resnet": "caffe",
+    "resnet_v2": "tf",
+    "vgg16": "caffe",
+    "vgg19": "caffe",
+    "xception": "tf",
 }
+
+# A word boundary of a CamelCase name, except before or inside Net/NeXt, which belong to
+# the word before: MobileNetV3Small -> mobilenet_v3_small, ConvNeXtXLarge -> convnext_xlarge.
+_WORD = re.compile(r"(?<=[a-z0-9])(?<!Ne)(?=[A-Z])(?!Ne[tX])")
+
+
+@dataclass(frozen=True)
+class Application:
+    constructor: str  # its name in keras.applications
+    preprocess: str | None  # None: a family FAMILY_PREPROCESS does not know
+
+
+def snake_case(constructor: str) -> str:
+    return _WORD.sub("_", constructor).lower()
+
+
+def _applications() -> dict[str, Application]:
+    """Every constructor keras.applications exposes, under its lower-cased CamelCase name
+    (what `source.lower()` gives for EfficientNetV2B0) and its snake_case one."""
+    table = {}
+    for name, constructor in inspect.getmembers(keras.applications, inspect.isfunction):
+        family = constructor.__module__.rpartition(".")[2]
+        table[name.lower()] = table[snake_case(name)] = Application(name, FAMILY_PREPROCESS.get(family))
+    return table
+
+
+APPLICATIONS = _applications()
 
 DEMO = "demo"
 MODEL_FILES = (".keras", ".h5", ".hdf5")
@@ -113,18 +142,41 @@ def load(
         model = keras.models.load_model(_demo_file("model.keras"), compile=False)
         return Source(model, "scale", read_labels(_demo_file("labels.txt")), "bundled demo model")
     if source.lower() in APPLICATIONS:
-        constructor, mode = APPLICATIONS[source.lower()]
-        kwargs = {"weights": None if weights == "none" else weights}
-        if input_size:
-            kwargs["input_shape"] = (*input_size, 3)
-        if weights not in ("imagenet", "none") and not Path(weights).is_file():
-            raise SourceError(f"--weights {weights!r}: expected imagenet, none or an existing weights file")
-        model = getattr(keras.applications, constructor)(**kwargs)
-        return Source(model, mode, None, f"keras.applications.{constructor} (weights={weights})")
+        return _application(APPLICATIONS[source.lower()], weights, input_size)
     path = Path(source)
     if path.suffix.lower() not in MODEL_FILES:
-        known = ", ".join(sorted(APPLICATIONS))
-        raise SourceError(f"{source!r} is neither a .keras/.h5/.hdf5 file nor a known application ({known}) nor 'demo'")
+        raise SourceError(f"{source!r} is neither a .keras/.h5/.hdf5 file, nor 'demo', nor a keras.applications name{_suggest(source)}")
     if not path.is_file():
         raise SourceError(f"model file {source} does not exist")
     return Source(_load_file(path), None, None, str(path))
+
+
+def _application(application: Application, weights: str, input_size: tuple[int, int] | None) -> Source:
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise SourceError(f"--weights {weights!r}: expected imagenet, none or an existing weights file")
+    kwargs = {"weights": None if weights == "none" else weights}
+    if input_size:
+        kwargs["input_shape"] = (*input_size, 3)
+    name = application.constructor
+    try:
+        model = getattr(keras.applications, name)(**kwargs)
+    except ValueError as err:
+        # Each constructor checks its own minimum (32x32 for most, 71 or 75 for some) before building.
+        minimum = re.match(r"Input size must be at least (\d+x\d+)", str(err))
+        if minimum is None:
+            raise
+        h, w = input_size
+        raise SourceError(f"--input-size {h}x{w} is too small for {name}: it takes at least {minimum.group(1)}") from err
+    return Source(model, application.preprocess, None, f"keras.applications.{name} (weights={weights})")
+
+
+def _suggest(source: str) -> str:
+    """The application names closest to an unknown one, spelt the way the user spells them."""
+    names = {app.constructor for app in APPLICATIONS.values()}
+    if source.islower():
+        names = {snake_case(name) for name in names}
+    by_key = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(source.lower(), by_key, n=5)
+    if close:
+        return f"; did you mean {', '.join(by_key[key] for key in close)}?"
+    return f" (one of {', '.join(sorted(names))})"
