@@ -18,10 +18,10 @@ def _size(text: str):
 
 def add_parser(subparsers):
     p = subparsers.add_parser("export", help="Keras model -> XLA-compiled SavedModel with Grad-CAM")
-    p.add_argument("source", help="a .keras/.h5/.hdf5 file, a keras.applications name (resnet50, ...), or 'demo'")
+    p.add_argument("source", help="a .keras/.h5/.hdf5 file, a keras.applications name (ResNet50V2 or resnet50_v2, ...), or 'demo'")
     p.add_argument("--repo", help="model repository folder (required unless --list-layers)")
     p.add_argument("--name", help="model name in the repository (required unless --list-layers)")
-    p.add_argument("--list-layers", action="store_true", help="print SOURCE's candidate target layers with their output shapes, the default marked, and exit")
+    p.add_argument("--list-layers", action="store_true", help="print SOURCE's candidate target layers with their output shapes, the default and branches marked, and exit")
     p.add_argument("--version", type=int, help="version to write (default: one more than the highest)")
     p.add_argument(
         "--layer", action="append",
@@ -44,8 +44,9 @@ def add_parser(subparsers):
 
 
 def list_layers(args) -> int:
-    """The layers --layer can name: every 4-D output, with its shape; the default marked."""
-    from . import graph, source
+    """The layers --layer can name: every 4-D output, with its shape; the default and the layers off
+    the main path (branches) marked."""
+    from . import graph, source, tokens
 
     try:
         model = source.load(args.source, args.weights, args.input_size, args.custom_objects).model
@@ -54,18 +55,22 @@ def list_layers(args) -> int:
         return 1
     found = graph.candidates(model)
     try:
-        default = ".".join(graph.default_target(model))
-    except graph.TargetLayerError:
-        default = None
-    width = max((len(path) for path, _ in found), default=0)
-    for path, shape in found:
-        h, w, c = shape[1:]
-        note = "  <- default" if path == default else ("  (1x1: no map)" if (h, w) == (1, 1) else "")
-        print(f"{path:<{width}}  {h} x {w} x {c}{note}")
-    if default is None:
-        print(f"camserve export: {model.name!r} has no 4-D layer larger than 1x1 to explain", file=sys.stderr)
-        return 1
-    return 0
+        default, note = ".".join(graph.default_target(model)), graph.default_note(model)
+    except graph.TargetLayerError as err:
+        default, note = None, f"error: {err}"
+    width = max((len(c.path) for c in found), default=0)
+    for c in found:
+        h, w, channels = c.shape[1:]
+        # "branch": off the main path, so never the default (it sees part of what reaches the output).
+        marks = [mark for mark, on in (("branch", not c.main), ("1x1: no map", (h, w) == (1, 1))) if on]
+        mark = "  <- default" if c.path == default else (f"  ({', '.join(marks)})" if marks else "")
+        print(f"{c.path:<{width}}  {h} x {w} x {channels}{mark}")
+    for t in tokens.candidates(model):  # token sequences [N, T, D] explained on their patch grid (tokens.py)
+        mark = "  <- default" if t.path == default else ("" if t.main else "  (branch)")
+        print(f"{t.path:<{width}}  {t.tokens} tokens x {t.channels}: {t.grid}{mark}")
+    if note:
+        print(f"camserve export: {note}", file=sys.stderr)
+    return 0 if default else 1
 
 
 def run(args) -> int:

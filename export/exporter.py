@@ -105,6 +105,8 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         module = CamModule(src.model, explainer, input_size, opts.xla)
         names = ", ".join(".".join(t) for t in targets)
         steps.say(f"      target layer{'s' if len(targets) > 1 else ''} {names}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
+        if opts.layer is None and (note := graph.default_note(src.model)):
+            steps.say(f"      {note}")
         read = "the scores before" if head.stripped else "the output of"
         steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")
 
@@ -171,10 +173,9 @@ def _check(staging, model, targets, mode, channels, input_size, head, steps):
     except VerificationError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    steps.say(
-        f"      max relative error: logits {report.logits_error:.2e}, heatmaps {report.heatmap_error:.2e} "
-        f"(tolerance {TOLERANCE:.0e})"
-    )
+    steps.say(f"      max error: {report} (tolerance {TOLERANCE:.0e})")
     if not report.ok or not np.isfinite([report.logits_error, report.heatmap_error]).all():
         shutil.rmtree(staging, ignore_errors=True)
-        raise VerificationError("the exported model disagrees with the float64 reference; nothing was published")
+        raise VerificationError(
+            f"the exported model disagrees with the float64 reference: {report} (tolerance {TOLERANCE:.0e}); nothing was published"
+        )

@@ -16,12 +16,12 @@ Node lookups use Keras 3 internals (`_inbound_nodes`, `_nodes`); keras is pinned
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import keras
 from keras.src.ops.function import make_node_key
 
-from . import heads
+from . import heads, tokens
 
 
 class TargetLayerError(ValueError):
@@ -73,20 +73,81 @@ def _output_shape(layer):
         return ()
 
 
-def _walk(model, prefix=()):
-    """(path, layer) for every layer, depth first, in graph order, nested models included."""
+def _producer(graph, tensor):
+    """The node of `graph` that computes `tensor`; None when it comes from outside."""
+    op, index, _ = tensor._keras_history
+    return op._inbound_nodes[index] if op is not None and make_node_key(op, index) in graph._nodes else None
+
+
+def _main_layers(model) -> set:
+    """The layers called on every path from `model`'s inputs to its outputs (the outputs'
+    dominators). A map at a layer beside another path (an Inception branch, the convs a
+    residual connection skips) sees only part of what reaches the output."""
+    try:
+        graph = _graph(model)
+    except TargetLayerError:
+        return set()  # a subclassed model: what happens inside is unknown
+    outputs = [node for node in (_producer(graph, t) for t in graph.outputs) if node is not None]
+
+    def parents(node):
+        return [p for p in (_producer(graph, t) for t in node.input_tensors) if p is not None]
+
+    # Post-order from the outputs: a topological order of the nodes they depend on.
+    order, position, stack = [], {}, [(node, False) for node in outputs]
+    while stack:
+        node, done = stack.pop()
+        if node in position:
+            continue
+        if done:
+            position[node] = len(order)
+            order.append(node)
+        else:
+            stack.append((node, True))
+            stack.extend((p, False) for p in parents(node) if p not in position)
+    # Every path runs forward in that order, so a node is on all of them exactly when no
+    # edge jumps over it. A virtual source (-1) feeds the inputs (nodes reading nothing, or
+    # a tensor from outside the graph); a virtual sink (len(order)) reads the outputs.
+    reach = [-1] * len(order)  # reach[a]: the furthest position an edge from position a goes to
+    furthest = -1
+    for b, node in enumerate(order):
+        ps = parents(node)
+        if not ps or len(ps) < len(node.input_tensors):
+            furthest = b
+        for p in ps:
+            reach[position[p]] = max(reach[position[p]], b)
+    for node in outputs:
+        reach[position[node]] = len(order)
+    main = set()
+    for b, node in enumerate(order):
+        if furthest <= b:
+            main.add(node.operation)
+        furthest = max(furthest, reach[b])
+    return main
+
+
+def _walk(model, prefix=(), main=True):
+    """(path, layer, on the main path) for every layer, depth first, in graph order, nested
+    models included; a layer is on the main path when it is on every input-to-output path
+    of its model and its model is too."""
+    on_path = _main_layers(model) if main else set()
     for layer in model.layers:
         path = prefix + (layer.name,)
-        yield path, layer
+        yield path, layer, layer in on_path
         if _is_model(layer):
-            yield from _walk(layer, path)
+            yield from _walk(layer, path, layer in on_path)
 
 
-def candidates(model) -> list[tuple[str, tuple]]:
-    """Every non-input layer with a 4-D output, as (dotted path, output shape)."""
+class Candidate(NamedTuple):
+    path: str  # dotted
+    shape: tuple
+    main: bool  # on every input-to-output path (_walk)
+
+
+def candidates(model) -> list[Candidate]:
+    """Every non-input layer with a 4-D output."""
     return [
-        (".".join(path), shape)
-        for path, layer in _walk(model)
+        Candidate(".".join(path), shape, main)
+        for path, layer, main in _walk(model)
         if not isinstance(layer, keras.layers.InputLayer)
         and not _is_model(layer)
         and len(shape := _output_shape(layer)) == 4
@@ -94,32 +155,66 @@ def candidates(model) -> list[tuple[str, tuple]]:
 
 
 def _describe(found) -> str:
-    return ", ".join(f"{path} {list(shape[1:])}" for path, shape in found) or "none"
+    return ", ".join(f"{c.path} {list(c.shape[1:])}" for c in found) or "none"
+
+
+def _size(c: Candidate) -> str:
+    return f"{c.shape[1]}x{c.shape[2]}"
+
+
+def _default(model) -> tuple[Candidate, str | None]:
+    """The last layer on the main path whose output is 4-D and larger than 1x1, and, when
+    a larger map comes after it in layer order, a note saying why that one is not used."""
+    found = candidates(model)
+    larger = [c for c in found if _spatial_ok(c.shape)]
+    usable = [c for c in larger if c.main]
+    if not usable:
+        problem = (
+            f"no layer on every input-to-output path of {model.name!r} has a 4-D output larger than 1x1 "
+            "(those larger all lie on branches)"
+            if larger
+            else f"no layer of {model.name!r} has a 4-D output larger than 1x1"
+        )
+        raise TargetLayerError(f"{problem}; 4-D layers: {_describe(found)}. Choose one with --layer")
+    chosen = usable[-1]
+    if chosen == larger[-1]:
+        return chosen, None
+    after = [c for c in found[found.index(chosen) + 1 :] if c.main]  # 1x1, or one would be the default
+    why = f"the main path is 1x1 from {after[0].path} on; " if after else ""
+    return chosen, (
+        f"default target {chosen.path} ({_size(chosen)}): the last layer on every input-to-output path with a map "
+        f"larger than 1x1 ({why}later larger maps such as {larger[-1].path} lie on branches)"
+    )
 
 
 def default_target(model) -> tuple[str, ...]:
-    """The last layer whose output is 4-D with a spatial size larger than 1x1."""
-    found = candidates(model)
-    usable = [path for path, shape in found if _spatial_ok(shape)]
-    if not usable:
-        raise TargetLayerError(
-            f"no layer of {model.name!r} has a 4-D output larger than 1x1; 4-D layers: {_describe(found)}. "
-            "Choose one with --layer"
-        )
-    return tuple(usable[-1].split("."))
+    """The last layer on the main path whose output is 4-D with a spatial size larger than 1x1."""
+    if (token := tokens.default(model)) is not None:  # a transformer: a token layer (tokens.py)
+        return token[0]
+    return tuple(_default(model)[0].path.split("."))
+
+
+def default_note(model) -> str | None:
+    """Why the default target is not the last larger map in layer order; None when it is."""
+    if (token := tokens.default(model)) is not None:
+        return token[1]
+    return _default(model)[1]
 
 
 def resolve_target(model, spec: str | None) -> tuple[str, ...]:
     """A layer path from `--layer`: a dotted path, or a name found anywhere in the nesting."""
     if spec is None:
         return default_target(model)
-    paths = [path for path, _ in _walk(model)]
+    paths = [path for path, *_ in _walk(model)]
     wanted = tuple(spec.split("."))
     matches = [p for p in paths if p == wanted] or [p for p in paths if len(wanted) == 1 and p[-1] == spec]
     if len(matches) != 1:
         problem = "is ambiguous" if matches else "is not a layer"
         raise TargetLayerError(f"--layer {spec!r} {problem} of {model.name!r}; 4-D layers: {_describe(candidates(model))}")
     layer = _layer_at(model, matches[0])
+    if not _is_model(layer) and tokens.is_tokens(_output_shape(layer)):
+        tokens.grid(_layer_at(model, matches[0][:-1]), layer.output)  # refuses, saying why, tokens without a grid
+        return matches[0]
     if _is_model(layer) or not _spatial_ok(_output_shape(layer)):
         raise TargetLayerError(
             f"--layer {spec!r} has output {list(_output_shape(layer))}, not a 4-D feature map larger than 1x1; "
@@ -235,7 +330,10 @@ def split(model, path: tuple[str, ...], top: Head | None) -> Forward:
     node = _node(model, layer)
     if len(path) == 1:
         target = _single(node.output_tensors, f"layer {layer.name!r} output")
-        body = keras.Model(model_in, [top.tensor, target])
+        if tokens.is_tokens(target.shape):  # a token sequence, explained on its patch grid (tokens.py)
+            body = tokens.body(model, model_in, top.tensor, target)
+        else:
+            body = keras.Model(model_in, [top.tensor, target])
 
         def forward(x):
             y, activations = body(x, training=False)

@@ -9,14 +9,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import heads
 from .explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
 from .graph import Head, split
 from .graph import head as find_head
 from .heads import HeadError
-from .methods import METHODS
+from .methods import METHODS, NAMES
+from .preprocess import preprocess
 from .source import COMPATIBILITY
 
-# float32 arithmetic through a deep network, relative to the output's magnitude.
+# float32 arithmetic through a deep network: logits relative to their magnitude, each map
+# relative to the magnitude of the terms it sums (map_scales), not to the map itself.
 TOLERANCE = 1e-4
 
 
@@ -63,12 +66,19 @@ def sample_inputs(input_size, num_classes: int, layers: int = 1, count: int = le
 
 @dataclass
 class Report:
-    logits_error: float
-    heatmap_error: float
+    logits_error: float  # relative to the largest |logit|
+    heatmap_error: float  # the largest of each map's error relative to its terms' scale (map_scales)
+    worst_map: str  # which map that was
 
     @property
     def ok(self) -> bool:
         return self.logits_error <= TOLERANCE and self.heatmap_error <= TOLERANCE
+
+    def __str__(self) -> str:
+        return (
+            f"logits {self.logits_error:.2e} relative, heatmaps {self.heatmap_error:.2e} of their terms' scale "
+            f"(largest: {self.worst_map})"
+        )
 
 
 def _relative_error(got, want, floor: float = 1e-12) -> float:
@@ -110,20 +120,86 @@ def verify(saved_model_dir, model, target_paths, preprocess_mode, channels, inpu
     """`head` is the --head override, if any."""
     explain = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
     num_classes = int(explain.structured_outputs["logits"].shape[-1])
-    images, class_index, method = sample_inputs(input_size, num_classes, len(target_paths))
+    inputs = sample_inputs(input_size, num_classes, len(target_paths))
+    images, class_index, method = inputs
     got = {k: v.numpy() for k, v in explain(images=images, class_index=class_index, method=method).items()}
+    want, scales = reference(model, target_paths, preprocess_mode, channels, inputs, head)
+    return compare(got, want, scales, method, target_paths)
 
+
+def reference(model, target_paths, preprocess_mode, channels, inputs, head=None) -> tuple[dict, np.ndarray]:
+    """The float64 outputs for `inputs` (images, class_index, method) and, per image, the
+    scale its map is judged at (map_scales)."""
+    images, class_index, method = inputs
     twin = as_float64(model)
     twin_head = find_head(twin, head)
     forwards = [split(twin, path, twin_head) for path in target_paths]
-    reference = Explainer(forwards, preprocess_mode, channels, twin_head.kind, tf.float64)
-    want = {k: v.numpy() for k, v in reference.explain(images, class_index, method).items()}
+    explainer = Explainer(forwards, preprocess_mode, channels, twin_head.kind, tf.float64)
+    want = {k: v.numpy() for k, v in explainer.explain(images, class_index, method).items()}
+    x = preprocess(images, preprocess_mode, channels, tf.float64)
+    return want, map_scales(forwards, twin_head.kind, x, want["class_index"], method)
+
+
+def compare(got: dict, want: dict, scales, method, target_paths) -> Report:
+    """Exported outputs against the reference's for the same inputs."""
     if not np.array_equal(got["class_index"], want["class_index"]):
         # Near-ties in top-1 can flip between float32 and float64; say so rather than compare maps of other classes.
         raise VerificationError(f"explained classes differ: {got['class_index']} vs float64 {want['class_index']}")
+    difference = np.max(np.abs(_raw_map(got) - _raw_map(want)), axis=(1, 2))
+    # A map whose terms are all zero must be zero.
+    errors = np.divide(difference, scales, out=np.where(difference > 0, np.inf, 0.0), where=scales > 0)
+    worst = int(np.argmax(errors))
     return Report(
-        _relative_error(got["logits"], want["logits"]), _relative_error(_raw_map(got), _raw_map(want))
+        _relative_error(got["logits"], want["logits"]),
+        float(errors[worst]),
+        f"{_describe(method[worst], target_paths)} for class {want['class_index'][worst]} of image {worst}, "
+        f"{difference[worst]:.2e} where its terms reach {scales[worst]:.2e}",
     )
+
+
+def map_scales(forwards, head_kind, x, chosen, method) -> np.ndarray:
+    """Per image, what its map's float32 rounding is judged against: the largest magnitude
+    of the terms its method sums (CamMethod.scale), for the float64 activations and
+    gradients of the explained logit at the map's layer. A fusion of layer maps, each
+    scaled to a maximum of 1, is judged against the same fusion of each layer's term
+    magnitudes over that layer's maximum."""
+    layer, code = np.divmod(method, LAYER_CODE)
+    sign = np.where(code >= COUNTERFACTUAL, -1.0, 1.0)
+    code = code % COUNTERFACTUAL
+    rows = np.arange(len(method))
+    scales, maps = [], []
+    for forward in forwards:
+        with tf.GradientTape() as tape:
+            tape.watch(x)  # records the pass even when every weight is frozen
+            scores, activations = forward(x)
+            logits = heads.logits(head_kind, scores)
+            score = tf.reduce_sum(logits * tf.one_hot(chosen, logits.shape[-1], dtype=logits.dtype) * sign[:, None])
+        gradients = tape.gradient(score, activations)
+        each = [(activations[i : i + 1], gradients[i : i + 1], METHODS[code[i]]) for i in rows]
+        scales.append(tf.concat([m.scale(a, g) for a, g, m in each], axis=0))
+        maps.append(tf.concat([m.map(a, g) for a, g, m in each], axis=0))
+    # At the finest layer's size, where the explainer brings every layer's map.
+    finest = max((tuple(s.shape[1:3]) for s in scales), key=lambda hw: hw[0] * hw[1])
+    scales, maps = (np.stack([_resized(v, finest) for v in vs], axis=1) for vs in (scales, maps))
+    peaks = maps.max(axis=(2, 3), keepdims=True)
+    relative = np.divide(scales, peaks, out=np.zeros_like(scales), where=peaks > 0)
+    fused = {"mean": relative.mean(axis=1), "max": relative.max(axis=1)}
+    choices = np.concatenate([scales, np.stack([fused[name] for name in FUSIONS], axis=1)], axis=1)
+    return choices[rows, layer].max(axis=(1, 2))
+
+
+def _resized(values, size):
+    same = tuple(values.shape[1:3]) == size
+    return values if same else tf.image.resize(values[..., None], size, "bilinear")[..., 0]
+
+
+def _describe(code: int, target_paths) -> str:
+    """What a method code asks for, in words."""
+    layer, code = divmod(int(code), LAYER_CODE)
+    words = [NAMES[code % COUNTERFACTUAL]] + (["counterfactual"] if code >= COUNTERFACTUAL else [])
+    if len(target_paths) > 1:
+        words.append(f"layer {'.'.join(target_paths[layer])}" if layer < len(target_paths) else f"{FUSIONS[layer - len(target_paths)]} of the layers")
+    return ", ".join(words)
 
 
 def _raw_map(outputs):

@@ -30,18 +30,21 @@ def top_eigenvector(gram):
     return tf.math.divide_no_nan(column, tf.norm(column, axis=-1, keepdims=True))
 
 
+def _principal_direction(x):
+    """Unit first right singular vector [N,K] of the centred [N,h*w,K] x."""
+    if x.shape[1] <= x.shape[2]:
+        direction = tf.linalg.matvec(x, top_eigenvector(tf.matmul(x, x, transpose_b=True)), transpose_a=True)  # X^T u: the right singular vector, unnormalised
+        return tf.math.divide_no_nan(direction, tf.norm(direction, axis=-1, keepdims=True))
+    return top_eigenvector(tf.matmul(x, x, transpose_a=True))
+
+
 def principal_projection(values, activations):
     """values, activations [N,h,w,K] -> the map [N,h,w] before the ReLU."""
     n, h, w, k = values.shape[0], values.shape[1], values.shape[2], values.shape[3]
     batch = tf.shape(values)[0] if n is None else n
     x = tf.reshape(values, [batch, h * w, k])
     x = x - tf.reduce_mean(x, axis=1, keepdims=True)
-    if h * w <= k:
-        direction = tf.linalg.matvec(x, top_eigenvector(tf.matmul(x, x, transpose_b=True)), transpose_a=True)  # X^T u: the right singular vector, unnormalised
-        direction = tf.math.divide_no_nan(direction, tf.norm(direction, axis=-1, keepdims=True))
-    else:
-        direction = top_eigenvector(tf.matmul(x, x, transpose_a=True))
-    projection = tf.linalg.matvec(x, direction)
+    projection = tf.linalg.matvec(x, _principal_direction(x))
     total = tf.reshape(tf.reduce_sum(activations, axis=-1), [batch, h * w])
     agreement = tf.reduce_sum(
         (projection - tf.reduce_mean(projection, axis=-1, keepdims=True)) * (total - tf.reduce_mean(total, axis=-1, keepdims=True)),
@@ -52,15 +55,31 @@ def principal_projection(values, activations):
     return tf.reshape(projection, [batch, h, w])
 
 
+def projection_scale(values):
+    """[N,h,w]: the magnitude of the terms the projection sums, sum_k (|x_k| + |mean_k|) |d_k|
+    (centring subtracts a mean of both signs too). For verification, which runs eagerly."""
+    x = tf.reshape(values, [values.shape[0], -1, values.shape[-1]])
+    mean = tf.reduce_mean(x, axis=1, keepdims=True)
+    magnitude = tf.linalg.matvec(tf.abs(x) + tf.abs(mean), tf.abs(_principal_direction(x - mean)))
+    return tf.reshape(magnitude, values.shape[:3])
+
+
 class EigenCam(CamMethod):
     name = "eigencam"
 
+    def values(self, activations, gradients):
+        """The [N,h,w,K] matrix whose principal direction the map projects on."""
+        return activations
+
     def map(self, activations, gradients):
-        return tf.nn.relu(principal_projection(activations, activations))
+        return tf.nn.relu(principal_projection(self.values(activations, gradients), activations))
+
+    def scale(self, activations, gradients):
+        return projection_scale(self.values(activations, gradients))
 
 
-class EigenGradCam(CamMethod):
+class EigenGradCam(EigenCam):
     name = "eigengradcam"
 
-    def map(self, activations, gradients):
-        return tf.nn.relu(principal_projection(gradients * activations, activations))
+    def values(self, activations, gradients):
+        return gradients * activations

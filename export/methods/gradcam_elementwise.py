@@ -3,11 +3,11 @@ ReLU(sum_k ReLU(g_k * A_k)); each channel's positive contributions only."""
 
 import tensorflow as tf
 
-from .base import CamMethod
+from .base import SummedTerms
 
 
-class GradCamElementWise(CamMethod):
+class GradCamElementWise(SummedTerms):
     name = "gradcam-elementwise"
 
-    def map(self, activations, gradients):
-        return tf.reduce_sum(tf.nn.relu(gradients * activations), axis=-1)  # a sum of ReLUs needs no outer ReLU
+    def terms(self, activations, gradients):
+        return tf.nn.relu(gradients * activations)

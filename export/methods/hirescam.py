@@ -2,13 +2,11 @@
 multiplied in position by position instead of averaged first, so the map shows
 what the logit actually depends on at each position."""
 
-import tensorflow as tf
-
-from .base import CamMethod
+from .base import SummedTerms
 
 
-class HiResCam(CamMethod):
+class HiResCam(SummedTerms):
     name = "hirescam"
 
-    def map(self, activations, gradients):
-        return tf.nn.relu(tf.reduce_sum(gradients * activations, axis=-1))
+    def terms(self, activations, gradients):
+        return gradients * activations

@@ -3,11 +3,11 @@ as per-position weights; meant for earlier, higher-resolution layers too."""
 
 import tensorflow as tf
 
-from .base import CamMethod
+from .base import SummedTerms
 
 
-class LayerCam(CamMethod):
+class LayerCam(SummedTerms):
     name = "layercam"
 
-    def map(self, activations, gradients):
-        return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1))
+    def terms(self, activations, gradients):
+        return tf.nn.relu(gradients) * activations

@@ -1,0 +1,153 @@
+"""Vision transformers: maps at token layers, on the patch grid (export/tokens.py),
+against an independent float64 reference that reads the target's tokens from the
+Keras model running eagerly and makes the grid here, from the model's known
+geometry (32x32 input, patch 8: a 4x4 grid; one class token or none)."""
+
+import argparse
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from camserve.export import cli, graph
+from tests import reference, vit
+
+GRID = vit.SIZE // vit.PATCH
+GRADCAM = reference.METHODS.index("gradcam")
+
+
+class Exported:
+    def __init__(self, tmp, pooling, layer=None, seed=0, xla=True):
+        from camserve.export.exporter import ExportOptions, export
+
+        keras.utils.set_random_seed(seed)
+        self.model32 = vit.vit(pooling)
+        self.model64 = vit.vit(pooling, dtype="float64")
+        self.model64.set_weights([np.asarray(w, np.float64) for w in self.model32.get_weights()])
+        self.prefix = 1 if pooling == "class" else 0
+        self.source = tmp / f"vit_{pooling}.keras"
+        self.model32.save(self.source)
+        name = f"vit_{pooling}_{layer or 'default'}"
+        self.path = export(ExportOptions(source=str(self.source), repo=str(tmp / "repo"), name=name, preprocess="scale", layer=layer, xla=xla))
+        self.metadata = json.loads((self.path / "assets.extra" / "camserve.json").read_text())
+        self.explain = tf.saved_model.load(str(self.path)).signatures["serving_default"]
+
+    def run(self, images, class_index, method):
+        out = self.explain(images=images, class_index=np.asarray(class_index, np.int32), method=np.asarray(method, np.int32))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def reference(self, images, target):
+        """Per image: float64 logits, the target's tokens and d(logit_c)/d(tokens) for every
+        class, from the Keras model itself (eager); logits are the head Dense's affine part."""
+        head = self.model64.get_layer("head")
+        probe = keras.Model(self.model64.inputs, [self.model64.get_layer(target).output, head.input])
+        x = tf.constant(images.astype(np.float64) / 255.0)
+        with tf.GradientTape(persistent=True) as tape:
+            tokens, pooled = probe(x, training=False)
+            logits = pooled @ head.kernel + head.bias
+            per_class = [tf.reduce_sum(logits[:, c]) for c in range(vit.CLASSES)]
+        gradients = np.stack([tape.gradient(s, tokens).numpy() for s in per_class], axis=1)  # [N, C, T, D]
+        return logits.numpy(), tokens.numpy(), gradients
+
+    def grid(self, tokens):
+        """[..., T, D] -> [..., gh, gw, D] after the prefix tokens."""
+        return tokens[..., self.prefix :, :].reshape(*tokens.shape[:-2], GRID, GRID, tokens.shape[-1])
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("vit")
+
+
+@pytest.fixture(scope="module")
+def class_token(tmp):
+    return Exported(tmp, "class")
+
+
+@pytest.fixture(scope="module")
+def mean_pooled(tmp):
+    return Exported(tmp, "mean")
+
+
+def images(count, seed):
+    return reference.smooth_images(count, vit.SIZE, seed)
+
+
+def check_against_reference(exported, target):
+    count = len(reference.METHODS) + 3
+    batch = images(count, seed=5)
+    class_index = np.resize([-1, 0, vit.CLASSES - 1, -2, 2], count)
+    method = np.arange(count) % len(reference.METHODS)
+    got = exported.run(batch, class_index, method)
+    logits, tokens, gradients = exported.reference(batch, target)
+    assert got["heatmap"].shape == (count, GRID, GRID)
+    np.testing.assert_allclose(got["logits"], logits, rtol=1e-4, atol=1e-5)
+    # The probabilities are the Keras model's own (float32, as users run it).
+    np.testing.assert_allclose(got["probabilities"], exported.model32(batch / 255.0).numpy(), rtol=1e-4, atol=1e-6)
+    nonempty = 0
+    for i in range(count):
+        ranked = np.argsort(-logits[i], kind="stable")
+        chosen = ranked[-class_index[i] - 1] if class_index[i] < 0 else class_index[i]
+        assert got["class_index"][i] == chosen
+        a, g = exported.grid(tokens[i]), exported.grid(gradients[i, chosen])
+        name = reference.METHODS[method[i]]
+        cam = reference.method_map(name, a, g)
+        peak = cam.max()
+        nonempty += peak > 0
+        # float32 rounding is relative to the terms a map sums, which LayerNorm outputs of both
+        # signs can cancel to far less than the terms (as verify.py judges the export).
+        terms = np.abs(a if name == "eigencam" else a * g).sum(axis=-1).max()
+        raw = got["heatmap"][i] * got["heatmap_scale"][i]
+        assert np.abs(raw - cam).max() <= 1e-4 * max(peak, terms), (i, name)
+    assert nonempty >= count - 2, "empty maps prove little: change the test images"
+
+
+def test_class_token_default_is_the_last_blocks_input_on_the_patch_grid(class_token):
+    assert class_token.metadata["target_layer"] == "block0_out"  # block1_norm1's input
+    assert class_token.metadata["feature_size"] == [GRID, GRID]
+
+
+def test_class_token_maps_equal_the_float64_reference(class_token):
+    check_against_reference(class_token, "block0_out")
+
+
+def test_gradcam_at_the_final_token_output_of_a_class_token_model_is_exactly_zero(class_token, tmp):
+    """After the final per-token LayerNorm the head reads only the class token: the patch
+    tokens get exactly zero gradient there, and an export at that layer empty maps;
+    the default target's maps are not empty."""
+    batch = images(4, seed=6)
+    _, _, gradients = class_token.reference(batch, "final_norm")
+    assert not np.any(gradients[:, :, 1:]) and np.any(gradients[:, :, 0])
+    at_final = Exported(tmp, "class", layer="final_norm", xla=False)  # only its zeros matter: the faster plain graph
+    assert at_final.metadata["feature_size"] == [GRID, GRID]
+    classes, methods = [-1, 0, 3, -2], [GRADCAM] * 4
+    assert not np.any(at_final.run(batch, classes, methods)["heatmap_scale"])
+    assert np.all(class_token.run(batch, classes, methods)["heatmap_scale"] > 0)
+
+
+def test_mean_pooled_default_is_the_final_token_output(mean_pooled):
+    assert mean_pooled.metadata["target_layer"] == "final_norm"
+    assert mean_pooled.metadata["feature_size"] == [GRID, GRID]
+    check_against_reference(mean_pooled, "final_norm")
+
+
+def test_list_layers_shows_token_layers_with_their_grid(class_token, capsys):
+    args = argparse.Namespace(source=str(class_token.source), weights="none", input_size=None, custom_objects=None)
+    assert cli.list_layers(args) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "17 tokens x 16: 1 prefix + 4 x 4 patch grid of patch_embed  <- default" in lines["block0_out"]
+    assert "(branch)" in lines["block1_attn"]
+    assert "4 x 4 x 16" in lines["patch_embed"]
+
+
+def test_tokens_without_a_patch_grid_are_refused():
+    """Tokens cut from the image by a reshape have no patch map the grid could be read from."""
+    inputs = keras.Input((vit.SIZE, vit.SIZE, 3))
+    tokens = keras.layers.Dense(8, name="tokens")(keras.layers.Reshape((64, 48), name="cut")(inputs))
+    out = keras.layers.Dense(vit.CLASSES, activation="softmax")(keras.layers.GlobalAveragePooling1D()(tokens))
+    model = keras.Model(inputs, out)
+    for spec in ("tokens", None):
+        with pytest.raises(graph.TargetLayerError, match="not their patch grid"):
+            graph.resolve_target(model, spec)
