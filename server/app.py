@@ -181,7 +181,10 @@ class Server:
         # accepted ones finish within the drain timeout, then the listener closes.
         await self._enter(phase.STOPPING)
         started = time.monotonic()
-        if not await self.handler.wait_idle(self.options.drain_timeout):
+        accepted = [self.handler.wait_idle(), *([self.http.wait_idle()] if self.http else [])]
+        try:
+            await asyncio.wait_for(asyncio.gather(*accepted), self.options.drain_timeout)
+        except TimeoutError:
             log.warning("drain timeout: %d call(s) still in flight are cut off", self.handler.in_flight)
         if self.listening:
             grace = max(0.0, self.options.drain_timeout - (time.monotonic() - started))

@@ -3,9 +3,15 @@ rather than by grpc's `maximum_concurrent_rpcs`, which counts every call alike:
 with the limit filled by long streams it refused health probes too, and a
 probe refused three times restarts the pod and cuts off every caller. Health
 checks and watches (and KServe's liveness and readiness calls) are never
-counted nor refused; every other call counts from
-its handler's start to its end (a stream once, while it is open), and the call
-beyond the limit gets RESOURCE_EXHAUSTED before any work."""
+counted nor refused; every other call counts from its handler's start to its
+end (a stream once, while it is open), and the call beyond the limit gets
+RESOURCE_EXHAUSTED before any work.
+
+"Before any work" includes reading the request: grpc reads and parses a unary
+call's message before its handler runs, so a burst of large calls would all be
+parsed only to be refused. Each method is therefore registered as taking a
+stream of requests (the same bytes on the wire): the call is admitted first,
+then its one message is read."""
 
 from __future__ import annotations
 
@@ -21,13 +27,6 @@ EXEMPT_PREFIXES = (
     "/inference.GRPCInferenceService/ModelReady",
 )
 
-_KINDS = {
-    "unary_unary": grpc.unary_unary_rpc_method_handler,
-    "unary_stream": grpc.unary_stream_rpc_method_handler,
-    "stream_unary": grpc.stream_unary_rpc_method_handler,
-    "stream_stream": grpc.stream_stream_rpc_method_handler,
-}
-
 
 class CallLimit(grpc.aio.ServerInterceptor):
     def __init__(self, limit: int):
@@ -38,11 +37,14 @@ class CallLimit(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        for kind, make in _KINDS.items():
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                return make(self._counted(behavior), request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-        return handler
+        codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.stream_unary_rpc_method_handler(self._counted(handler.unary_unary, one=True), **codecs)
+        if handler.unary_stream:
+            return grpc.stream_stream_rpc_method_handler(self._counted(handler.unary_stream, one=True), **codecs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._counted(handler.stream_unary, one=False), **codecs)
+        return grpc.stream_stream_rpc_method_handler(self._counted(handler.stream_stream, one=False), **codecs)
 
     async def _admit(self, context):
         if self.active >= self.limit:
@@ -52,23 +54,33 @@ class CallLimit(grpc.aio.ServerInterceptor):
             )
         self.active += 1
 
-    def _counted(self, behavior):
+    def _counted(self, behavior, one: bool):
+        """`behavior` counted; `one`: it takes a single request, read once admitted."""
+
+        async def request(requests, context):
+            if not one:
+                return requests
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+            return message
+
         if inspect.isasyncgenfunction(behavior):
 
-            async def stream(request, context):
+            async def stream(requests, context):
                 await self._admit(context)
                 try:
-                    async for response in behavior(request, context):
+                    async for response in behavior(await request(requests, context), context):
                         yield response
                 finally:
                     self.active -= 1
 
             return stream
 
-        async def call(request, context):
+        async def call(requests, context):
             await self._admit(context)
             try:
-                return await behavior(request, context)
+                return await behavior(await request(requests, context), context)
             finally:
                 self.active -= 1
 

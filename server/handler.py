@@ -255,13 +255,9 @@ class Handler:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """True once no call is in flight; False if `timeout` came first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+    async def wait_idle(self):
+        """Once no call is in flight."""
+        await self._idle.wait()
 
     def accounted(self, api: str, context=None) -> Accounted:
         """Counts the call in the metrics and its model's statistics, by outcome (a

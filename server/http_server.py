@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import rest_explain, rest_kserve
+from . import phase, rest_explain, rest_kserve
 from .errors import RequestError, as_request_error
 
 PAGE = Path(__file__).parent / "page"
@@ -91,7 +91,10 @@ class HttpServer:
     def __init__(self, options, registry, handler, camserve_service, kserve_service, metrics):
         self.options = options
         self.metrics = metrics
+        self.registry = registry
         self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.expected = f"Bearer {options.security.token}".encode() if options.security.token else None
         self.app = web.Application(
             client_max_size=options.max_message_bytes, middlewares=[self._errors, self._admit]
@@ -152,13 +155,24 @@ class HttpServer:
         route = request.match_info.route.resource  # None for an unknown route
         if route is not None and route.canonical in UNCOUNTED:
             return await handler(request)
+        if self.registry.phase == phase.STOPPING:  # before the body: the listener may close before it arrives
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         if self.in_flight >= self.options.max_concurrent_rpcs:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.in_flight} calls in flight, the server's limit (--max-concurrent-rpcs): retry later")
         self.in_flight += 1
+        self._idle.clear()
         try:
             return await self._body_in_time(request, handler)
         finally:
             self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    async def wait_idle(self):
+        """Once no counted call is in flight, its body's arrival included: the
+        handler's own count starts only once a body is in, and a listener closed
+        before then drops the rest of the body (aiohttp reads no more once it shuts)."""
+        await self._idle.wait()
 
     async def _body_in_time(self, request, handler):
         """The handler, cut with 408 if the whole body has not arrived within

@@ -257,6 +257,55 @@ def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
     assert after & {503, "no listener"}, "HTTP calls after the drain should be refused"
 
 
+def _http_status(port: int, path: str) -> int | str:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except ConnectionError:
+        return "no listener"
+    finally:
+        connection.close()
+
+
+def test_an_upload_still_arriving_at_sigterm_is_answered(slow_repo, tmp_path):
+    """An HTTP call whose headers came before SIGTERM and whose body comes during the
+    drain is answered: the drain waits for its body, and the call is then refused
+    503 as a gRPC call whose message comes then is refused UNAVAILABLE. Before,
+    the drain counted only calls whose body was in, closed the listener under
+    this one, and aiohttp read no more of its body: the caller got 408 once
+    --http-body-timeout passed, and the exit waited as long."""
+    import socket
+
+    import cv2
+
+    server = ServerProcess(slow_repo, tmp_path / "drain.log", "--shutdown-delay", "0", "--max-concurrent-rpcs", "1", "--http-body-timeout", "5")
+    png = cv2.imencode(".png", IMAGE)[1].tobytes()
+    try:
+        server.wait_for("SERVING")
+        upload = socket.create_connection(("127.0.0.1", server.http_port), timeout=30)
+        head = f"POST /camserve/models/slow/explain?heatmap=uint8 HTTP/1.1\r\nHost: camserve\r\nContent-Length: {len(png)}\r\n\r\n"
+        upload.sendall(head.encode())
+        # The upload holds the one place once its headers are read: other calls get 429.
+        while _http_status(server.http_port, "/v2/models/slow") != 429:
+            pass
+        server.process.send_signal(15)
+        # Give a listener that closes under the upload (the bug) a second to do so.
+        deadline = time.monotonic() + 1.0
+        while _http_status(server.http_port, "/v2/models/slow") != "no listener" and time.monotonic() < deadline:
+            pass
+        upload.sendall(png)
+        answer = upload.makefile("rb").readline().decode()
+        upload.close()
+        code = server.process.wait(30)
+    finally:
+        server.terminate()
+    assert answer.startswith("HTTP/1.1 503"), answer
+    assert code == 0, server.log_tail()
+
+
 def rss_kb(pid: int, field: str) -> int:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith(field + ":"):
