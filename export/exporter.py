@@ -74,6 +74,11 @@ def _targets(model, layers) -> list[tuple[str, ...]]:
 
 
 def _preprocess_mode(opts: ExportOptions, src: source.Source) -> str:
+    if opts.preprocess and src.preprocess_from and opts.preprocess != src.preprocess:
+        raise ExportError(
+            f"--preprocess {opts.preprocess} differs from what {src.preprocess_from} does ({src.preprocess}): "
+            "the served probabilities would differ from the model's own predict; leave --preprocess out"
+        )
     mode = opts.preprocess or src.preprocess
     if mode is None:
         raise ExportError(f"say how pixels are prepared for this model: --preprocess {{{','.join(MODES)}}}")

@@ -135,6 +135,8 @@ def _walk(model, prefix=(), main=True):
         yield path, layer, layer in on_path
         if _is_model(layer):
             yield from _walk(layer, path, layer in on_path)
+        for block in tokens.blocks(layer):  # called in turn by the layer: each on its path
+            yield path + (block.name,), block, layer in on_path
 
 
 class Candidate(NamedTuple):
@@ -212,8 +214,8 @@ def resolve_target(model, spec: str | None) -> tuple[str, ...]:
         problem = "is ambiguous" if matches else "is not a layer"
         raise TargetLayerError(f"--layer {spec!r} {problem} of {model.name!r}; 4-D layers: {_describe(candidates(model))}")
     layer = _layer_at(model, matches[0])
-    if not _is_model(layer) and tokens.is_tokens(_output_shape(layer)):
-        tokens.grid(_layer_at(model, matches[0][:-1]), layer.output)  # refuses, saying why, tokens without a grid
+    if not _is_model(layer) and tokens.is_tokens(tokens.shape_at(model, matches[0])):
+        tokens.grid_at(model, matches[0])  # refuses, saying why, tokens without a grid
         return matches[0]
     if _is_model(layer) or not _spatial_ok(_output_shape(layer)):
         raise TargetLayerError(
@@ -225,7 +227,7 @@ def resolve_target(model, spec: str | None) -> tuple[str, ...]:
 
 def _layer_at(model, path):
     for name in path:
-        model = model.get_layer(name)
+        model = model.get_layer(name) if _is_model(model) else next(b for b in tokens.blocks(model) if b.name == name)
     return model
 
 
@@ -328,10 +330,11 @@ def split(model, path: tuple[str, ...], top: Head | None) -> Forward:
 
     layer = model.get_layer(path[0])
     node = _node(model, layer)
-    if len(path) == 1:
-        target = _single(node.output_tensors, f"layer {layer.name!r} output")
-        if tokens.is_tokens(target.shape):  # a token sequence, explained on its patch grid (tokens.py)
-            body = tokens.body(model, model_in, top.tensor, target)
+    if len(path) == 1 or not _is_model(layer):
+        if len(path) == 2:  # a block the layer calls in turn (tokens.blocks)
+            body = tokens.block_body(model, model_in, top.tensor, layer, path[1])
+        elif tokens.is_tokens((target := _single(node.output_tensors, f"layer {layer.name!r} output")).shape):
+            body = tokens.body(model, model_in, top.tensor, target)  # explained on its patch grid (tokens.py)
         else:
             body = keras.Model(model_in, [top.tensor, target])
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import keras
 
+from . import hub
+
 # The preprocessing each keras.applications family's weights expect, by the module its
 # constructors live in: the mode its preprocess_input applies, "none" where that is the
 # identity because the model rescales inside (tests/test_applications.py checks each
@@ -82,6 +84,7 @@ class Source:
     preprocess: str | None  # None: the caller must say
     classes: list[str] | None
     description: str
+    preprocess_from: str | None = None  # what fixes the mode, when --preprocess may not change it
 
 
 def _demo_file(name: str) -> Path:
@@ -120,6 +123,8 @@ def _load_file(path: Path) -> keras.Model:
         unknown = re.search(r"Could not locate (class|function) '?([\w.>]+)'?", text) or re.search(
             r"Unknown (layer|activation|object)[^:]*: '?([\w.>]+)'?", text
         )
+        if "keras_hub" in text and importlib.util.find_spec("keras_hub") is None:
+            raise SourceError(f"cannot load {path}: it is a keras-hub model; install camserve[hub] (keras-hub)") from err
         if unknown:
             what = f"the {unknown.group(1)} {unknown.group(2)!r}, which Keras does not know"
         elif "safe_mode" in text:
@@ -148,7 +153,12 @@ def load(
         raise SourceError(f"{source!r} is neither a .keras/.h5/.hdf5 file, nor 'demo', nor a keras.applications name{_suggest(source)}")
     if not path.is_file():
         raise SourceError(f"model file {source} does not exist")
-    return Source(_load_file(path), None, None, str(path))
+    model = _load_file(path)
+    try:
+        mode = hub.preprocess_mode(model)
+    except ValueError as err:
+        raise SourceError(f"cannot export {path}: {err}") from err
+    return Source(model, mode, None, str(path), "its keras-hub preprocessor" if mode else None)
 
 
 def _application(application: Application, weights: str, input_size: tuple[int, int] | None) -> Source:

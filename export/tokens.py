@@ -9,8 +9,15 @@ The grid is read from the model, never guessed from T: it is the spatial size
 of the 4-D map the tokens were made from (the patch embedding's output, which
 Keras sized from the input size and the Conv2D's kernel and strides), found by
 walking the graph back from the target to the nearest 4-D tensors; the prefix
-count is T - gh * gw. Tokens with no such map, or with fewer tokens than grid
-cells, are refused.
+count is T - gh * gw. A patch embedding written as one layer from the image
+(keras-hub's) has no such map inside the graph: its own `patch_size` and the
+image size it is given make the grid; a stage that merges patches (Swin) has
+s x s fewer tokens, with no prefix, on a grid s times coarser. Tokens with no
+grid the model gives, or fewer tokens than grid cells, are refused.
+
+Blocks a layer calls in turn (keras-hub's ViT and DeiT encoders hold them in
+`encoder_layers`, not as graph nodes) are targets too: their output is taken,
+as a patch map, from inside the layer's call (block_body).
 
 The default target of a transformer classifier (its main path ends in tokens)
 depends on how the head pools them. A head that reads only prefix tokens (a
@@ -25,6 +32,7 @@ is written: one probe of the gradient at the final token output.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import keras
@@ -62,7 +70,11 @@ def grid(model, tensor) -> TokenGrid:
     tokens = tensor.shape[1]
     if tokens is None:
         raise graph.TargetLayerError(f"layer {name!r} has an open token count {list(tensor.shape)}: give --input-size HxW")
-    maps = _source_maps(graph._graph(model), tensor)
+    g = graph._graph(model)
+    maps = _source_maps(g, tensor)
+    if all(isinstance(t._keras_history.operation, keras.layers.InputLayer) for t in maps):
+        if (embedded := _embedding_grid(g, tensor, tokens)) is not None:
+            return embedded
     sizes = {tuple(t.shape[1:3]) for t in maps}
     if len(sizes) != 1 or None in next(iter(sizes)):
         found = ", ".join(f"{t._keras_history.operation.name} {list(t.shape[1:])}" for t in maps) or "none"
@@ -77,6 +89,35 @@ def grid(model, tensor) -> TokenGrid:
             "their patch grid (tokens made from the image by a custom layer have no grid camserve can read)"
         )
     return TokenGrid(tokens - gh * gw, (int(gh), int(gw)), source.name)
+
+
+def _embedding_grid(g, tensor, tokens: int) -> TokenGrid | None:
+    """The grid of tokens made from the image by one patch-embedding layer that says its
+    `patch_size`; None when no layer on the way back from `tensor` does."""
+    stack, seen = [tensor], set()
+    while stack:
+        node = graph._producer(g, stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        layer, inputs = node.operation, node.input_tensors
+        patch = getattr(layer, "patch_size", None)
+        if patch is None or len(inputs) != 1 or len(inputs[0].shape) != 4:
+            stack.extend(inputs)
+            continue
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        h, w = inputs[0].shape[1:3]
+        if h is None or w is None:
+            return None
+        gh, gw = h // ph, w // pw
+        made = node.output_tensors[0].shape[1]
+        if tokens == made and made >= gh * gw:
+            return TokenGrid(made - gh * gw, (gh, gw), layer.name)
+        merged = math.isqrt(gh * gw // tokens) if tokens and made == gh * gw else 0
+        if merged > 1 and merged * merged * tokens == gh * gw and gh % merged == 0 and gw % merged == 0:
+            return TokenGrid(0, (gh // merged, gw // merged), f"{layer.name}, merged {merged} x {merged}")
+        return None
+    return None
 
 
 def _source_maps(g, tensor) -> list:
@@ -101,12 +142,84 @@ def body(model, model_in, scores, target):
     input too, which paths around the target, such as a residual, still read)."""
     at = grid(model, target)
     before = keras.Model(model_in, target)
-    after = keras.Model([model_in, target], scores)
+    # The target may be the scores themselves (a backbone's last layer, its model's output).
+    after = (lambda inputs, training: inputs[1]) if scores is target else keras.Model([model_in, target], scores)
 
     def forward(x, training=False):
         tokens = before(x, training=training)
         patch_map = at.to_map(tokens)
         return after([x, at.to_tokens(tokens, patch_map)], training=training), patch_map
+
+    return forward
+
+
+def blocks(layer) -> list:
+    """The blocks `layer` calls in turn when it holds them in a list rather than a graph
+    (keras-hub's ViTEncoder and DeiTEncoder: `encoder_layers`); [] for any other layer."""
+    held = None if graph._is_model(layer) else getattr(layer, "encoder_layers", None)
+    if isinstance(held, (list, tuple)) and held and all(isinstance(b, keras.layers.Layer) for b in held):
+        return list(held)
+    return []
+
+
+def _first_output(model, layer):
+    return graph._node(model, layer).output_tensors[0]
+
+
+def shape_at(model, path) -> tuple:
+    """The output shape of the layer at `path`; a block's is its encoder's (blocks keep the
+    token count and width), an encoder's its first output's (DeiT's also returns its scores)."""
+    owner = graph._layer_at(model, path[:-1])
+    if not graph._is_model(owner):
+        return tuple(_first_output(graph._layer_at(model, path[:-2]), owner).shape)
+    return tuple(_first_output(owner, owner.get_layer(path[-1])).shape)
+
+
+def grid_at(model, path) -> TokenGrid:
+    """grid() of the token layer (or block) at `path`."""
+    owner = graph._layer_at(model, path[:-1])
+    if not graph._is_model(owner):
+        parent = graph._layer_at(model, path[:-2])
+        return grid(parent, _first_output(parent, owner))
+    return grid(owner, _first_output(owner, owner.get_layer(path[-1])))
+
+
+# The blocks whose output a forward is taking, by id: a block's call is wrapped once and
+# passes its output through unchanged when no forward is running (or when tracing for
+# another target).
+_TAKING: dict[int, list] = {}
+
+
+def block_body(model, model_in, scores, encoder, name: str):
+    """x -> (scores, the patch map of block `name`'s output): as body(), with the map taken
+    inside `encoder`'s call, where the block's output is reshaped to the grid and back so
+    that the rest of the encoder runs from it."""
+    block = next(b for b in blocks(encoder) if b.name == name)
+    at = grid(model, _first_output(model, encoder))
+    if not getattr(block, "_camserve_taps", False):
+        original = block.call
+
+        def call(*args, **kwargs):
+            out = original(*args, **kwargs)
+            taken = _TAKING.get(id(block))
+            if taken is None:
+                return out
+            first = out[0] if isinstance(out, tuple) else out  # DeiT's blocks also return their scores
+            patch_map = at.to_map(first)
+            taken.append(patch_map)
+            first = at.to_tokens(first, patch_map)
+            return (first, *out[1:]) if isinstance(out, tuple) else first
+
+        block.call, block._camserve_taps = call, True
+    run = keras.Model(model_in, scores)
+
+    def forward(x, training=False):
+        _TAKING[id(block)] = taken = []
+        try:
+            y = run(x, training=training)
+        finally:
+            del _TAKING[id(block)]
+        return y, taken[-1]
 
     return forward
 
@@ -123,44 +236,59 @@ def candidates(model) -> list[TokenLayer]:
     """Every layer with a token output whose patch grid the model gives, nested models included."""
     found = []
     for path, layer, main in graph._walk(model):
-        shape = graph._output_shape(layer)
-        if graph._is_model(layer) or not is_tokens(shape):
+        if graph._is_model(layer) or isinstance(layer, keras.layers.InputLayer):
             continue
         try:
-            at = grid(graph._layer_at(model, path[:-1]), layer.output)
-            found.append(TokenLayer(".".join(path), shape[1], shape[2], at, main))
-        except (graph.TargetLayerError, ValueError):
+            shape = shape_at(model, path)
+            if is_tokens(shape):
+                found.append(TokenLayer(".".join(path), shape[1], shape[2], grid_at(model, path), main))
+        except (graph.TargetLayerError, ValueError, AttributeError):
             continue  # no grid: not a map camserve can explain
     return found
+
+
+def _final(model, path=()):
+    """(path, its model, layer) of the last map or token sequence on `model`'s main path, in
+    graph order, inside the nested model that is it (a backbone); None when there is none."""
+    main = graph._main_layers(model)
+
+    def dims(layer):
+        try:
+            return len(_first_output(model, layer).shape)
+        except (graph.TargetLayerError, IndexError):
+            return 0
+
+    mapped = [layer for layer in model.layers if layer in main and not isinstance(layer, keras.layers.InputLayer) and dims(layer) in (3, 4)]
+    if not mapped:
+        return None
+    last = mapped[-1]
+    if graph._is_model(last) and dims(last) == 3:
+        return _final(last, path + (last.name,))
+    return path + (last.name,), model, last
 
 
 def default(model) -> tuple[tuple[str, ...], str] | None:
     """(path, note) of a transformer classifier's default target (module docstring);
     None when the model's main path does not end in a token sequence."""
-    main = graph._main_layers(model)
-    # The last map or token sequence on the main path, in graph order: tokens make a transformer.
-    mapped = [
-        layer for layer in model.layers
-        if layer in main and not isinstance(layer, keras.layers.InputLayer) and len(graph._output_shape(layer)) in (3, 4)
-    ]
-    if not mapped or not is_tokens(graph._output_shape(mapped[-1])):
+    found = _final(model)
+    if found is None or not is_tokens(_first_output(found[1], found[2]).shape):
         return None
-    final = mapped[-1]
-    tokens = grid(model, final.output)
-    if not _reads_only_prefix(model, final.output, tokens.prefix):
-        return (final.name,), (
-            f"default target {final.name} ({tokens}): the head pools the patch tokens of the final token output"
-        )
-    block_in = _last_block_input(model)
+    path, owner, final = found
+    name, tokens = ".".join(path), grid(owner, _first_output(owner, final))
+    # The same tokens in the outer graph, for the probe: the outermost nested model's output.
+    if not _reads_only_prefix(model, _first_output(model, model.get_layer(path[0])), tokens.prefix):
+        return path, f"default target {name} ({tokens}): the head pools the patch tokens of the final token output"
+    block_in = _last_block_input(owner, final)
     if block_in is None:
         raise graph.TargetLayerError(
-            f"the head of {model.name!r} reads only the prefix tokens of {final.name!r}, whose patch tokens therefore "
+            f"the head of {model.name!r} reads only the prefix tokens of {name!r}, whose patch tokens therefore "
             "get zero gradient, and camserve cannot find the last transformer block's input (a layer feeding the "
             "last MultiHeadAttention): choose a token layer before the last block's attention with --layer"
         )
-    return (block_in.name,), (
-        f"default target {block_in.name} ({grid(model, block_in.output)}), the last transformer block's input: "
-        f"the head reads only the class token, so the patch tokens of {final.name} get zero gradient"
+    chosen = path[:-1] + block_in
+    return chosen, (
+        f"default target {'.'.join(chosen)} ({grid_at(model, chosen)}), the last transformer block's input: "
+        f"the head reads only the class token, so the patch tokens of {name} get zero gradient"
     )
 
 
@@ -177,16 +305,23 @@ def _reads_only_prefix(model, tokens, prefix: int) -> bool:
     return not np.any(tape.gradient(score, values).numpy()[:, prefix:])
 
 
-def _last_block_input(model):
-    """The layer whose output is the last MultiHeadAttention's block input: the input of the
-    LayerNormalization before it (pre-norm), else its query; None when no layer computes it."""
+def _last_block_input(model, final) -> tuple[str, ...] | None:
+    """The path, from `model`, of the layer whose output is the last transformer block's
+    input: the output of the block before it when `final` calls its blocks in turn (or the
+    layer feeding `final` when it has one block); else the input of the LayerNormalization
+    before the last MultiHeadAttention (pre-norm), or its query. None when no layer computes it."""
     g = graph._graph(model)
-    attention = [layer for layer in model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
-    if not attention:
-        return None
-    query = graph._node(model, attention[-1]).input_tensors[0]
-    norm = graph._producer(g, query)
-    if norm is not None and isinstance(norm.operation, keras.layers.LayerNormalization):
-        query = norm.input_tensors[0]
+    if held := blocks(final):
+        if len(held) > 1:
+            return final.name, held[-2].name
+        query = graph._node(model, final).input_tensors[0]
+    else:
+        attention = [layer for layer in model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
+        if not attention:
+            return None
+        query = graph._node(model, attention[-1]).input_tensors[0]
+        norm = graph._producer(g, query)
+        if norm is not None and isinstance(norm.operation, keras.layers.LayerNormalization):
+            query = norm.input_tensors[0]
     layer = query._keras_history.operation
-    return layer if isinstance(layer, keras.layers.Layer) and layer in model.layers else None
+    return (layer.name,) if isinstance(layer, keras.layers.Layer) and layer in model.layers else None

@@ -1,7 +1,9 @@
 """Vision transformers: maps at token layers, on the patch grid (export/tokens.py),
 against an independent float64 reference that reads the target's tokens from the
 Keras model running eagerly and makes the grid here, from the model's known
-geometry (32x32 input, patch 8: a 4x4 grid; one class token or none)."""
+geometry: hand-written functional ViTs (32x32 input, patch 8: a 4x4 grid; one
+class token or none) and keras-hub's ViT, DeiT and Swin classifiers at
+non-square sizes (class; class and distillation; no prefix on a merged grid)."""
 
 import argparse
 import json
@@ -51,9 +53,14 @@ class Exported:
         gradients = np.stack([tape.gradient(s, tokens).numpy() for s in per_class], axis=1)  # [N, C, T, D]
         return logits.numpy(), tokens.numpy(), gradients
 
+    classes, size, grid_shape = vit.CLASSES, vit.SIZE, (GRID, GRID)
+
+    def probabilities(self, images):
+        return self.model32(images / 255.0).numpy()
+
     def grid(self, tokens):
         """[..., T, D] -> [..., gh, gw, D] after the prefix tokens."""
-        return tokens[..., self.prefix :, :].reshape(*tokens.shape[:-2], GRID, GRID, tokens.shape[-1])
+        return tokens[..., self.prefix :, :].reshape(*tokens.shape[:-2], *self.grid_shape, tokens.shape[-1])
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +78,21 @@ def mean_pooled(tmp):
     return Exported(tmp, "mean")
 
 
-def images(count, seed):
-    return reference.smooth_images(count, vit.SIZE, seed)
+def images(count, seed, size=vit.SIZE):
+    return reference.smooth_images(count, size, seed)
 
 
 def check_against_reference(exported, target):
     count = len(reference.METHODS) + 3
-    batch = images(count, seed=5)
-    class_index = np.resize([-1, 0, vit.CLASSES - 1, -2, 2], count)
+    batch = images(count, seed=5, size=exported.size)
+    class_index = np.resize([-1, 0, exported.classes - 1, -2, 2], count)
     method = np.arange(count) % len(reference.METHODS)
     got = exported.run(batch, class_index, method)
     logits, tokens, gradients = exported.reference(batch, target)
-    assert got["heatmap"].shape == (count, GRID, GRID)
+    assert got["heatmap"].shape == (count, *exported.grid_shape)
     np.testing.assert_allclose(got["logits"], logits, rtol=1e-4, atol=1e-5)
     # The probabilities are the Keras model's own (float32, as users run it).
-    np.testing.assert_allclose(got["probabilities"], exported.model32(batch / 255.0).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["probabilities"], exported.probabilities(batch), rtol=1e-4, atol=1e-6)
     nonempty = 0
     for i in range(count):
         ranked = np.argsort(-logits[i], kind="stable")
@@ -151,3 +158,106 @@ def test_tokens_without_a_patch_grid_are_refused():
     for spec in ("tokens", None):
         with pytest.raises(graph.TargetLayerError, match="not their patch grid"):
             graph.resolve_target(model, spec)
+
+
+# keras-hub's classifiers, tiny and non-square. Built twice: in float32 for the export,
+# in float64 (same weights) for the reference, which runs their layers one by one.
+HUB = {
+    # name: (backbone constructor, its arguments, classifier, image size, patch grid, prefix tokens)
+    "vit": ("ViTBackbone", {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}, "ViTImageClassifier", (32, 48), (4, 6), 1),
+    "deit": ("DeiTBackbone", {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 16, "intermediate_dim": 32}, "DeiTImageClassifier", (32, 48), (4, 6), 2),
+    # Patch 4 makes 16 x 24 tokens; stage 0 merges them 2 x 2.
+    "swin": ("SwinTransformerBackbone", {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 4}, "SwinTransformerImageClassifier", (64, 96), (8, 12), 0),
+}
+
+
+class HubExported(Exported):
+    """A keras-hub classifier whose preprocessor scales to [-1, 1] (ViT's presets) or
+    normalises by ImageNet's mean and std (DeiT's and Swin's)."""
+
+    classes = 3
+
+    def __init__(self, tmp, kind, seed=0):
+        from camserve.export.exporter import ExportOptions, export
+
+        hub = pytest.importorskip("keras_hub", reason="keras-hub is not installed: pip install -e '.[test]'")
+        backbone, arguments, classifier, self.size, self.grid_shape, self.prefix = HUB[kind]
+        self.kind, self.torch = kind, kind != "vit"
+        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+        scale, offset = ((1 / (255 * std)).tolist(), (-mean / std).tolist()) if self.torch else (1 / 127.5, -1.0)
+        converter = hub.layers.ImageConverter(image_size=self.size, scale=scale, offset=offset)
+
+        def build(dtype):
+            body = getattr(hub.models, backbone)(image_shape=(*self.size, 3), dtype=dtype, **arguments)
+            preprocessor = hub.models.ImageClassifierPreprocessor(image_converter=converter)
+            return getattr(hub.models, classifier)(backbone=body, num_classes=self.classes, preprocessor=preprocessor, head_dtype=dtype)
+
+        keras.utils.set_random_seed(seed)
+        self.model32, self.model64 = build("float32"), build("float64")
+        self.model64.set_weights([np.asarray(w, np.float64) for w in self.model32.get_weights()])
+        self.source = tmp / f"hub_{kind}.keras"
+        self.model32.save(self.source)
+        self.path = export(ExportOptions(source=str(self.source), repo=str(tmp / "repo"), name=f"hub_{kind}"))
+        self.metadata = json.loads((self.path / "assets.extra" / "camserve.json").read_text())
+        self.explain = tf.saved_model.load(str(self.path)).signatures["serving_default"]
+
+    def probabilities(self, images):
+        """The classifier's own predict, which applies its preprocessor; its head is linear."""
+        return tf.nn.softmax(self.model32.predict(images.astype(np.float32), verbose=0)).numpy()
+
+    def reference(self, images, target):
+        """As Exported.reference, running the float64 layers by hand: the pixels prepared here
+        from the preprocessor's known scale and offset, the encoder's blocks one by one for
+        the last block's input (ViT, DeiT), the backbone's output for Swin."""
+        model, x = self.model64, images.astype(np.float64)
+        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+        x = tf.constant((x / 255 - mean) / std if self.torch else x / 127.5 - 1)
+        backbone, dense = model.backbone, model.get_layer("predictions")
+        if self.kind == "swin":
+            tokens = backbone(x, training=False)
+        else:
+            embed, encoder = backbone.layers[1], backbone.layers[2]
+            tokens = self._block(encoder.encoder_layers[0], embed(x))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(tokens)
+            if self.kind == "swin":
+                pooled = tf.reduce_mean(tokens, axis=1)
+            else:
+                pooled = encoder.layer_norm(self._block(encoder.encoder_layers[1], tokens))[:, 0]
+            logits = pooled @ dense.kernel + dense.bias
+            per_class = [tf.reduce_sum(logits[:, c]) for c in range(self.classes)]
+        gradients = np.stack([tape.gradient(s, tokens).numpy() for s in per_class], axis=1)
+        return logits.numpy(), tokens.numpy(), gradients
+
+    @staticmethod
+    def _block(block, tokens):
+        out = block(tokens, training=False)
+        return out[0] if isinstance(out, tuple) else out  # DeiT's blocks also return their scores
+
+
+@pytest.fixture(scope="module", params=sorted(HUB))
+def hub_model(request, tmp):
+    return HubExported(tmp, request.param)
+
+
+def test_keras_hub_classifiers_export_their_default_on_the_patch_grid(hub_model):
+    """ViT and DeiT read only the class token: the default is the last block's input, a
+    block inside the encoder layer; Swin pools every token: its final output."""
+    expected = {"vit": "vi_t_backbone.vit_encoder.transformer_block_1", "deit": "dei_t_backbone.deit_encoder.transformer_block_1",
+                "swin": "swin_transformer_backbone.norm"}
+    assert hub_model.metadata["target_layer"] == expected[hub_model.kind]
+    assert hub_model.metadata["feature_size"] == list(hub_model.grid_shape)
+    # The preprocessor is compiled into the signature as the mode it equals.
+    assert hub_model.metadata["preprocess"] == ("torch" if hub_model.torch else "tf")
+
+
+def test_keras_hub_maps_equal_the_float64_reference(hub_model):
+    check_against_reference(hub_model, hub_model.metadata["target_layer"])
+
+
+def test_a_preprocess_other_than_the_keras_hub_preprocessors_is_refused(hub_model, tmp):
+    """The served probabilities must be the classifier's own predict's."""
+    from camserve.export.exporter import ExportError, ExportOptions, export
+
+    with pytest.raises(ExportError, match="differs from what its keras-hub preprocessor does"):
+        export(ExportOptions(source=str(hub_model.source), repo=str(tmp / "refused"), name="refused", preprocess="scale"))
