@@ -1,5 +1,5 @@
-"""Where a model comes from: a .keras/.h5 file, a keras.applications name, or
-`demo`, the bundled shapes classifier."""
+"""Where a model comes from: a .keras/.h5 file, a Keras 2 SavedModel directory,
+a keras.applications name, or `demo`, the bundled shapes classifier."""
 
 from __future__ import annotations
 
@@ -138,6 +138,33 @@ def _load_file(path: Path) -> keras.Model:
         ) from err
 
 
+def _keras2_saved_model(path: Path) -> keras.Model:
+    """A Keras 2 SavedModel directory (`model.save("dir")` before Keras 3), as a Keras 3
+    model. Keras 3 reads only its inference function (TFSMLayer), which exposes no
+    layer to explain; tf-keras (Keras 2) reads the model, and saves it as the legacy
+    .h5 file Keras 3 does load, layers and weights."""
+    if importlib.util.find_spec("tf_keras") is None:
+        raise SourceError(f"{path} is a SavedModel directory: Keras 2 models saved so are read with tf-keras; install camserve[keras2]")
+    import tempfile
+
+    import tf_keras
+
+    problem = "it keeps no Keras model"
+    try:
+        model = tf_keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - tf-keras raises many kinds; the user needs one message
+        model, problem = None, str(err).splitlines()[0][:300]
+    if not isinstance(model, tf_keras.Model):
+        raise SourceError(
+            f"cannot load {path} with tf-keras: {problem}. camserve explains Keras models: a SavedModel written by "
+            "tf.saved_model.save or model.export() keeps no layers to explain; export the Keras model itself"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        legacy = Path(folder) / f"{model.name}.h5"
+        model.save(legacy)
+        return _load_file(legacy)
+
+
 def load(
     source: str, weights: str = "imagenet", input_size: tuple[int, int] | None = None, custom_objects: str | None = None
 ) -> Source:
@@ -149,8 +176,10 @@ def load(
     if source.lower() in APPLICATIONS:
         return _application(APPLICATIONS[source.lower()], weights, input_size)
     path = Path(source)
+    if (path / "saved_model.pb").is_file():
+        return Source(_keras2_saved_model(path), None, None, f"{path} (a Keras 2 SavedModel)")
     if path.suffix.lower() not in MODEL_FILES:
-        raise SourceError(f"{source!r} is neither a .keras/.h5/.hdf5 file, nor 'demo', nor a keras.applications name{_suggest(source)}")
+        raise SourceError(f"{source!r} is neither a .keras/.h5/.hdf5 file, nor a Keras 2 SavedModel directory, nor 'demo', nor a keras.applications name{_suggest(source)}")
     if not path.is_file():
         raise SourceError(f"model file {source} does not exist")
     model = _load_file(path)
