@@ -26,14 +26,19 @@ def method_weights(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 def principal_projection(values: np.ndarray, a: np.ndarray) -> np.ndarray:
     """[h,w,K] centred over positions, projected on its first right singular
-    vector (numpy's SVD); the sign that correlates with the channel sum of a."""
+    vector (numpy's SVD); the sign that correlates with the channel sum of a, or,
+    where that sum is flat, makes the largest value positive."""
     h, w, k = values.shape
     x = values.reshape(h * w, k)
     x = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     projection = x @ vt[0]
     total = a.sum(axis=-1).reshape(-1)
-    if np.dot(projection - projection.mean(), total - total.mean()) < 0:
+    if np.linalg.norm(total - total.mean()) <= 1e-4 * np.linalg.norm(a):  # flat: the strongest value positive
+        agreement = projection[np.argmax(np.abs(projection))]
+    else:
+        agreement = np.dot(projection - projection.mean(), total - total.mean())
+    if agreement < 0:
         projection = -projection
     return projection.reshape(h, w)
 

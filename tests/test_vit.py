@@ -261,3 +261,19 @@ def test_a_preprocess_other_than_the_keras_hub_preprocessors_is_refused(hub_mode
 
     with pytest.raises(ExportError, match="differs from what its keras-hub preprocessor does"):
         export(ExportOptions(source=str(hub_model.source), repo=str(tmp / "refused"), name="refused", preprocess="scale"))
+
+
+def test_eigencam_on_layernormed_tokens_takes_the_reference_sign():
+    """After a LayerNorm with no bias every token's channel sum is zero but for rounding,
+    which decided Eigen-CAM's sign, so float32 and float64 disagreed about half the time."""
+    from camserve.export.methods.eigencam import principal_projection
+
+    rng = np.random.default_rng(0)
+    agree = 0
+    for _ in range(20):
+        x = rng.normal(size=(4, 6, 16)) @ rng.normal(size=(16, 16))  # correlated channels: a clear principal direction
+        a = (x - x.mean(axis=-1, keepdims=True)) / x.std(axis=-1, keepdims=True)
+        got = principal_projection(tf.constant(a[None], tf.float32), tf.constant(a[None], tf.float32)).numpy()[0]
+        expected = reference.principal_projection(a, a)
+        agree += np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert agree == 20
