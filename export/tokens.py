@@ -155,10 +155,14 @@ def body(model, model_in, scores, target):
 
 def blocks(layer) -> list:
     """The blocks `layer` calls in turn when it holds them in a list rather than a graph
-    (keras-hub's ViTEncoder and DeiTEncoder: `encoder_layers`); [] for any other layer."""
-    held = None if graph._is_model(layer) else getattr(layer, "encoder_layers", None)
-    if isinstance(held, (list, tuple)) and held and all(isinstance(b, keras.layers.Layer) for b in held):
-        return list(held)
+    (keras-hub's ViTEncoder and DeiTEncoder: `encoder_layers`; DINOV2Encoder: `layers`);
+    [] for any other layer."""
+    if graph._is_model(layer):
+        return []
+    for attribute in ("encoder_layers", "layers"):
+        held = getattr(layer, attribute, None)
+        if isinstance(held, (list, tuple)) and held and all(isinstance(b, keras.layers.Layer) for b in held):
+            return list(held)
     return []
 
 
@@ -278,7 +282,7 @@ def default(model) -> tuple[tuple[str, ...], str] | None:
     # The same tokens in the outer graph, for the probe: the outermost nested model's output.
     if not _reads_only_prefix(model, _first_output(model, model.get_layer(path[0])), tokens.prefix):
         return path, f"default target {name} ({tokens}): the head pools the patch tokens of the final token output"
-    block_in = _last_block_input(owner, final)
+    block_in = _last_block_input(owner)
     if block_in is None:
         raise graph.TargetLayerError(
             f"the head of {model.name!r} reads only the prefix tokens of {name!r}, whose patch tokens therefore "
@@ -305,16 +309,18 @@ def _reads_only_prefix(model, tokens, prefix: int) -> bool:
     return not np.any(tape.gradient(score, values).numpy()[:, prefix:])
 
 
-def _last_block_input(model, final) -> tuple[str, ...] | None:
+def _last_block_input(model) -> tuple[str, ...] | None:
     """The path, from `model`, of the layer whose output is the last transformer block's
-    input: the output of the block before it when `final` calls its blocks in turn (or the
-    layer feeding `final` when it has one block); else the input of the LayerNormalization
+    input: the output of the block before it when an encoder layer calls its blocks in turn
+    (or the layer feeding the encoder when it has one block); else the input of the LayerNormalization
     before the last MultiHeadAttention (pre-norm), or its query. None when no layer computes it."""
     g = graph._graph(model)
-    if held := blocks(final):
+    encoders = [layer for layer in model.layers if blocks(layer)]  # the last before `final`, or `final`
+    if encoders:
+        held = blocks(encoders[-1])
         if len(held) > 1:
-            return final.name, held[-2].name
-        query = graph._node(model, final).input_tensors[0]
+            return encoders[-1].name, held[-2].name
+        query = graph._node(model, encoders[-1]).input_tensors[0]
     else:
         attention = [layer for layer in model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
         if not attention:

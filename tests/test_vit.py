@@ -168,6 +168,9 @@ HUB = {
     "deit": ("DeiTBackbone", {"patch_size": 8, "num_layers": 2, "num_heads": 2, "hidden_dim": 16, "intermediate_dim": 32}, "DeiTImageClassifier", (32, 48), (4, 6), 2),
     # Patch 4 makes 16 x 24 tokens; stage 0 merges them 2 x 2.
     "swin": ("SwinTransformerBackbone", {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "patch_size": 4}, "SwinTransformerImageClassifier", (64, 96), (8, 12), 0),
+    # No classifier ships for DINOv2: a user's softmax head on its class token; 4 register tokens.
+    "dinov2": ("DINOV2Backbone", {"patch_size": 7, "num_layers": 2, "hidden_dim": 16, "num_heads": 2, "intermediate_dim": 32,
+                                  "num_register_tokens": 4, "position_embedding_shape": (28, 28, 3)}, None, (28, 28), (4, 4), 5),
 }
 
 
@@ -189,6 +192,10 @@ class HubExported(Exported):
 
         def build(dtype):
             body = getattr(hub.models, backbone)(image_shape=(*self.size, 3), dtype=dtype, **arguments)
+            if classifier is None:
+                inputs = keras.Input((*self.size, 3), dtype=dtype)
+                head = keras.layers.Dense(self.classes, activation="softmax", name="predictions", dtype=dtype)
+                return keras.Model(inputs, head(body(inputs)[:, 0]))
             preprocessor = hub.models.ImageClassifierPreprocessor(image_converter=converter)
             return getattr(hub.models, classifier)(backbone=body, num_classes=self.classes, preprocessor=preprocessor, head_dtype=dtype)
 
@@ -197,33 +204,42 @@ class HubExported(Exported):
         self.model64.set_weights([np.asarray(w, np.float64) for w in self.model32.get_weights()])
         self.source = tmp / f"hub_{kind}.keras"
         self.model32.save(self.source)
-        self.path = export(ExportOptions(source=str(self.source), repo=str(tmp / "repo"), name=f"hub_{kind}"))
+        mode = "torch" if classifier is None else None  # a user's model says nothing: the caller does
+        self.path = export(ExportOptions(source=str(self.source), repo=str(tmp / "repo"), name=f"hub_{kind}", preprocess=mode))
         self.metadata = json.loads((self.path / "assets.extra" / "camserve.json").read_text())
         self.explain = tf.saved_model.load(str(self.path)).signatures["serving_default"]
 
     def probabilities(self, images):
-        """The classifier's own predict, which applies its preprocessor; its head is linear."""
+        """The classifier's own predict, which applies its preprocessor; its head is linear.
+        The user's model of DINOv2 takes normalised pixels and ends in a softmax."""
+        if self.kind == "dinov2":
+            return self.model32(self._pixels(images).astype(np.float32)).numpy()
         return tf.nn.softmax(self.model32.predict(images.astype(np.float32), verbose=0)).numpy()
+
+    def _pixels(self, images):
+        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+        x = images.astype(np.float64)
+        return (x / 255 - mean) / std if self.torch else x / 127.5 - 1
 
     def reference(self, images, target):
         """As Exported.reference, running the float64 layers by hand: the pixels prepared here
         from the preprocessor's known scale and offset, the encoder's blocks one by one for
         the last block's input (ViT, DeiT), the backbone's output for Swin."""
-        model, x = self.model64, images.astype(np.float64)
-        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-        x = tf.constant((x / 255 - mean) / std if self.torch else x / 127.5 - 1)
-        backbone, dense = model.backbone, model.get_layer("predictions")
+        model, x = self.model64, tf.constant(self._pixels(images))
+        backbone, dense = model.layers[1], model.get_layer("predictions")
         if self.kind == "swin":
             tokens = backbone(x, training=False)
         else:
             embed, encoder = backbone.layers[1], backbone.layers[2]
-            tokens = self._block(encoder.encoder_layers[0], embed(x))
+            held = encoder.layers if self.kind == "dinov2" else encoder.encoder_layers
+            tokens = self._block(held[0], embed(x))
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(tokens)
             if self.kind == "swin":
                 pooled = tf.reduce_mean(tokens, axis=1)
-            else:
-                pooled = encoder.layer_norm(self._block(encoder.encoder_layers[1], tokens))[:, 0]
+            else:  # the final LayerNorm: the encoder's own, or DINOv2's after it
+                norm = backbone.layers[3] if self.kind == "dinov2" else encoder.layer_norm
+                pooled = norm(self._block(held[1], tokens))[:, 0]
             logits = pooled @ dense.kernel + dense.bias
             per_class = [tf.reduce_sum(logits[:, c]) for c in range(self.classes)]
         gradients = np.stack([tape.gradient(s, tokens).numpy() for s in per_class], axis=1)
@@ -244,7 +260,7 @@ def test_keras_hub_classifiers_export_their_default_on_the_patch_grid(hub_model)
     """ViT and DeiT read only the class token: the default is the last block's input, a
     block inside the encoder layer; Swin pools every token: its final output."""
     expected = {"vit": "vi_t_backbone.vit_encoder.transformer_block_1", "deit": "dei_t_backbone.deit_encoder.transformer_block_1",
-                "swin": "swin_transformer_backbone.norm"}
+                "swin": "swin_transformer_backbone.norm", "dinov2": "dinov2_backbone.dinov2_backbone_encoder.layers_0"}
     assert hub_model.metadata["target_layer"] == expected[hub_model.kind]
     assert hub_model.metadata["feature_size"] == list(hub_model.grid_shape)
     # The preprocessor is compiled into the signature as the mode it equals.
@@ -255,12 +271,19 @@ def test_keras_hub_maps_equal_the_float64_reference(hub_model):
     check_against_reference(hub_model, hub_model.metadata["target_layer"])
 
 
-def test_a_preprocess_other_than_the_keras_hub_preprocessors_is_refused(hub_model, tmp):
-    """The served probabilities must be the classifier's own predict's."""
-    from camserve.export.exporter import ExportError, ExportOptions, export
+def test_a_preprocess_other_than_the_keras_hub_preprocessors_is_refused(hub_model):
+    """The served probabilities must be the classifier's own predict's; a model with no
+    preprocessor (the user's DINOv2 one) takes the caller's word."""
+    from camserve.export import source
+    from camserve.export.exporter import ExportError, ExportOptions, _preprocess_mode
 
+    asked = ExportOptions(source=str(hub_model.source), repo="unused", name="unused", preprocess="scale")
+    loaded = source.load(str(hub_model.source))
+    if hub_model.kind == "dinov2":
+        assert _preprocess_mode(asked, loaded) == "scale"
+        return
     with pytest.raises(ExportError, match="differs from what its keras-hub preprocessor does"):
-        export(ExportOptions(source=str(hub_model.source), repo=str(tmp / "refused"), name="refused", preprocess="scale"))
+        _preprocess_mode(asked, loaded)
 
 
 def test_eigencam_on_layernormed_tokens_takes_the_reference_sign():
