@@ -55,7 +55,8 @@ def list_layers(args) -> int:
         return 1
     found = graph.candidates(model)
     try:
-        default, note = ".".join(graph.default_target(model)), graph.default_note(model)
+        path, note = graph.default(model)
+        default = ".".join(path)
     except graph.TargetLayerError as err:
         default, note = None, f"error: {err}"
     width = max((len(c.path) for c in found), default=0)

@@ -64,13 +64,17 @@ def _classes(opts: ExportOptions, src: source.Source, num_classes: int):
     return classes
 
 
-def _targets(model, layers) -> list[tuple[str, ...]]:
-    """The target layers' paths, the default first; each named once."""
-    specs = [layers] if layers is None or isinstance(layers, str) else list(layers)
+def _targets(model, layers) -> tuple[list[tuple[str, ...]], str | None]:
+    """The target layers' paths, the default first, each named once; and, when the default
+    is used, the note on why it was chosen (graph.default)."""
+    if layers is None:
+        path, note = graph.default(model)
+        return [path], note
+    specs = [layers] if isinstance(layers, str) else list(layers)
     targets = [graph.resolve_target(model, spec) for spec in specs]
     if len(set(targets)) < len(targets):
         raise ExportError(f"a --layer is given twice: {', '.join('.'.join(t) for t in targets)}")
-    return targets
+    return targets, None
 
 
 def _preprocess_mode(opts: ExportOptions, src: source.Source) -> str:
@@ -104,13 +108,13 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         src = source.load(opts.source, opts.weights, opts.input_size, opts.custom_objects)
         mode = _preprocess_mode(opts, src)
         input_size, channels = _input_geometry(src.model, opts.input_size)
-        targets = _targets(src.model, opts.layer)
+        targets, note = _targets(src.model, opts.layer)
         head = graph.head(src.model, opts.head)
         explainer = Explainer([graph.split(src.model, t, head) for t in targets], mode, channels, head.kind)
         module = CamModule(src.model, explainer, input_size, opts.xla)
         names = ", ".join(".".join(t) for t in targets)
         steps.say(f"      target layer{'s' if len(targets) > 1 else ''} {names}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
-        if opts.layer is None and (note := graph.default_note(src.model)):
+        if note:
             steps.say(f"      {note}")
         read = "the scores before" if head.stripped else "the output of"
         steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")

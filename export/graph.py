@@ -189,18 +189,18 @@ def _default(model) -> tuple[Candidate, str | None]:
     )
 
 
-def default_target(model) -> tuple[str, ...]:
-    """The last layer on the main path whose output is 4-D with a spatial size larger than 1x1."""
-    if (token := tokens.default(model)) is not None:  # a transformer: a token layer (tokens.py)
-        return token[0]
-    return tuple(_default(model)[0].path.split("."))
-
-
-def default_note(model) -> str | None:
-    """Why the default target is not the last larger map in layer order; None when it is."""
+def default(model) -> tuple[tuple[str, ...], str | None]:
+    """(path, note) of the default target: the last layer on the main path whose output is
+    4-D with a spatial size larger than 1x1, or a transformer's token layer (tokens.py); the
+    note says why it is not the last larger map in layer order, None when it is."""
     if (token := tokens.default(model)) is not None:
-        return token[1]
-    return _default(model)[1]
+        return token
+    chosen, note = _default(model)
+    return tuple(chosen.path.split(".")), note
+
+
+def default_target(model) -> tuple[str, ...]:
+    return default(model)[0]
 
 
 def resolve_target(model, spec: str | None) -> tuple[str, ...]:

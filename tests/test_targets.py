@@ -52,7 +52,7 @@ def inception():
 def test_residual_block_the_add_is_on_the_main_path():
     model = residual()
     assert on_path(model) == {"stem": True, "branch_a": False, "branch_b": False, "add": True}
-    assert graph.default_target(model) == ("add",) and graph.default_note(model) is None
+    assert graph.default(model) == (("add",), None)
 
 
 def test_inception_block_the_concatenation_is_on_the_main_path():
@@ -62,7 +62,7 @@ def test_inception_block_the_concatenation_is_on_the_main_path():
     # Today's rule took the last larger map in layer order, a reduction branch.
     assert [c.path for c in graph.candidates(model) if graph._spatial_ok(c.shape)][-1] == "r_reduce"
     assert graph.default_target(model) == ("mixed",)
-    note = graph.default_note(model)
+    note = graph.default(model)[1]
     assert "mixed (8x8)" in note and "1x1 from mixed_last on" in note and "r_reduce lie on branches" in note
 
 
@@ -83,7 +83,7 @@ def test_nested_backbone_under_a_sequential_head():
         "backbone.stem": True, "backbone.branch_a": False, "backbone.branch_b": False, "backbone.add": True,
         "side.side_conv": False, "merge": True, "head.head_conv": True, "head.squeeze": True,
     }
-    assert graph.default_target(model) == ("head", "head_conv") and graph.default_note(model) is None
+    assert graph.default(model) == (("head", "head_conv"), None)
 
 
 def test_last_conv_on_the_main_path_stays_the_default():
@@ -91,7 +91,7 @@ def test_last_conv_on_the_main_path_stays_the_default():
     x = conv(4, "conv2")(layers.MaxPooling2D(name="pool")(conv(4, "conv1")(inputs)))
     model = keras.Model(inputs, classifier(x), name="plain")
     assert all(on_path(model).values())
-    assert graph.default_target(model) == ("conv2",) and graph.default_note(model) is None
+    assert graph.default(model) == (("conv2",), None)
 
 
 def test_no_larger_map_on_the_main_path_is_a_clear_error():
