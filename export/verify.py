@@ -27,25 +27,34 @@ class VerificationError(RuntimeError):
     pass
 
 
-def _float64_config(config):
-    """The model's config with every dtype (policy) set to float64."""
+def _dtype_config(config, dtype: str):
+    """The model's config with every dtype (policy) set to `dtype`."""
     if isinstance(config, dict):
         if config.get("class_name") == "DTypePolicy":
-            return {**config, "config": {**config["config"], "name": "float64"}}
-        return {
-            k: ("float64" if k == "dtype" and isinstance(v, str) else _float64_config(v)) for k, v in config.items()
-        }
+            return {**config, "config": {**config["config"], "name": dtype}}
+        return {k: (dtype if k == "dtype" and isinstance(v, str) else _dtype_config(v, dtype)) for k, v in config.items()}
     if isinstance(config, list):
-        return [_float64_config(v) for v in config]
+        return [_dtype_config(v, dtype) for v in config]
     return config
 
 
-def as_float64(model: keras.Model) -> keras.Model:
-    config = _float64_config(keras.saving.serialize_keras_object(model))
+def as_dtype(model: keras.Model, dtype: str) -> keras.Model:
+    """A copy of the model computing in `dtype` throughout, with the same weights."""
+    config = _dtype_config(keras.saving.serialize_keras_object(model), dtype)
     with keras.saving.custom_object_scope(COMPATIBILITY):
         twin = keras.saving.deserialize_keras_object(config)
-    twin.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    twin.set_weights([np.asarray(w, dtype) for w in model.get_weights()])
     return twin
+
+
+def mixed_policy(model: keras.Model) -> str | None:
+    """The name of the mixed-precision policy some layer computes in (mixed_float16,
+    mixed_bfloat16); None when every layer computes in its variables' dtype."""
+    for layer in model._flatten_layers(include_self=False):
+        policy = layer.dtype_policy
+        if policy.compute_dtype != policy.variable_dtype:
+            return policy.name
+    return None
 
 
 def sample_inputs(input_size, num_classes: int, layers: int = 1, count: int = len(METHODS) + 3, seed: int = 0):
@@ -131,7 +140,7 @@ def reference(model, target_paths, preprocess_mode, channels, inputs, head=None)
     """The float64 outputs for `inputs` (images, class_index, method) and, per image, the
     scale its map is judged at (map_scales)."""
     images, class_index, method = inputs
-    twin = as_float64(model)
+    twin = as_dtype(model, "float64")
     twin_head = find_head(twin, head)
     forwards = [split(twin, path, twin_head) for path in target_paths]
     explainer = Explainer(forwards, preprocess_mode, channels, twin_head.kind, tf.float64)
