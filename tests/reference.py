@@ -137,3 +137,62 @@ def smooth_images(count: int, size, seed: int) -> np.ndarray:
     coarse = rng.uniform(0, 255, (count, 4, 4, 3))
     images = tf.image.resize(coarse, (height, width)).numpy() + rng.normal(0, 25, (count, height, width, 3))
     return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def check_export(exported, target, seed=5):
+    """An export's answers for every method and several classes in one batch against the
+    float64 reference `exported.reference(batch, target)` gives: (logits, the target's
+    activations, d(logit_c)/d(activations) for every class); `exported.grid` makes the
+    activations a map (tokens on their patch grid; the identity for a map)."""
+    count = len(METHODS) + 3
+    batch = smooth_images(count, exported.size, seed=seed)
+    class_index = np.resize([-1, 0, exported.classes - 1, -2, 2], count)
+    method = np.arange(count) % len(METHODS)
+    got = exported.run(batch, class_index, method)
+    logits, tokens, gradients = exported.reference(batch, target)
+    assert got["heatmap"].shape == (count, *exported.grid_shape)
+    np.testing.assert_allclose(got["logits"], logits, rtol=1e-4, atol=1e-5)
+    # The probabilities are the Keras model's own (float32, as users run it).
+    np.testing.assert_allclose(got["probabilities"], exported.probabilities(batch), rtol=1e-4, atol=1e-6)
+    nonempty = 0
+    for i in range(count):
+        ranked = np.argsort(-logits[i], kind="stable")
+        chosen = ranked[-class_index[i] - 1] if class_index[i] < 0 else class_index[i]
+        assert got["class_index"][i] == chosen
+        a, g = exported.grid(tokens[i]), exported.grid(gradients[i, chosen])
+        name = METHODS[method[i]]
+        cam = method_map(name, a, g)
+        peak = cam.max()
+        nonempty += peak > 0
+        # float32 rounding is relative to the terms a map sums, which LayerNorm outputs of both
+        # signs can cancel to far less than the terms (as verify.py judges the export).
+        terms = np.abs(a if name == "eigencam" else a * g).sum(axis=-1).max()
+        raw = got["heatmap"][i] * got["heatmap_scale"][i]
+        assert np.abs(raw - cam).max() <= 1e-4 * max(peak, terms), (i, name)
+    assert nonempty >= count - 2, "empty maps prove little: change the test images"
+
+
+def capture(model, path, x, classes: int):
+    """The Keras model itself run eagerly on x, the output of the layer at `path` (layer
+    names into nested models) recorded as it runs: (outputs, that output, d(output_c)/d(it)
+    [N, C, ...] for every class c). Independent of the exporter's split of the graph."""
+    layer = model
+    for name in path:
+        layer = layer.get_layer(name)
+    original, seen = layer.call, []
+    with tf.GradientTape(persistent=True) as tape:
+
+        def call(*args, **kwargs):
+            out = original(*args, **kwargs)
+            tape.watch(out)
+            seen.append(out)
+            return out
+
+        layer.call = call
+        try:
+            out = model(x, training=False)
+        finally:
+            del layer.call
+        per_class = [tf.reduce_sum(out[:, c]) for c in range(classes)]
+    gradients = np.stack([tape.gradient(s, seen[-1]).numpy() for s in per_class], axis=1)
+    return out.numpy(), seen[-1].numpy(), gradients

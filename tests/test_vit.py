@@ -82,42 +82,13 @@ def images(count, seed, size=vit.SIZE):
     return reference.smooth_images(count, size, seed)
 
 
-def check_against_reference(exported, target):
-    count = len(reference.METHODS) + 3
-    batch = images(count, seed=5, size=exported.size)
-    class_index = np.resize([-1, 0, exported.classes - 1, -2, 2], count)
-    method = np.arange(count) % len(reference.METHODS)
-    got = exported.run(batch, class_index, method)
-    logits, tokens, gradients = exported.reference(batch, target)
-    assert got["heatmap"].shape == (count, *exported.grid_shape)
-    np.testing.assert_allclose(got["logits"], logits, rtol=1e-4, atol=1e-5)
-    # The probabilities are the Keras model's own (float32, as users run it).
-    np.testing.assert_allclose(got["probabilities"], exported.probabilities(batch), rtol=1e-4, atol=1e-6)
-    nonempty = 0
-    for i in range(count):
-        ranked = np.argsort(-logits[i], kind="stable")
-        chosen = ranked[-class_index[i] - 1] if class_index[i] < 0 else class_index[i]
-        assert got["class_index"][i] == chosen
-        a, g = exported.grid(tokens[i]), exported.grid(gradients[i, chosen])
-        name = reference.METHODS[method[i]]
-        cam = reference.method_map(name, a, g)
-        peak = cam.max()
-        nonempty += peak > 0
-        # float32 rounding is relative to the terms a map sums, which LayerNorm outputs of both
-        # signs can cancel to far less than the terms (as verify.py judges the export).
-        terms = np.abs(a if name == "eigencam" else a * g).sum(axis=-1).max()
-        raw = got["heatmap"][i] * got["heatmap_scale"][i]
-        assert np.abs(raw - cam).max() <= 1e-4 * max(peak, terms), (i, name)
-    assert nonempty >= count - 2, "empty maps prove little: change the test images"
-
-
 def test_class_token_default_is_the_last_blocks_input_on_the_patch_grid(class_token):
     assert class_token.metadata["target_layer"] == "block0_out"  # block1_norm1's input
     assert class_token.metadata["feature_size"] == [GRID, GRID]
 
 
 def test_class_token_maps_equal_the_float64_reference(class_token):
-    check_against_reference(class_token, "block0_out")
+    reference.check_export(class_token, "block0_out")
 
 
 def test_gradcam_at_the_final_token_output_of_a_class_token_model_is_exactly_zero(class_token, tmp):
@@ -137,7 +108,7 @@ def test_gradcam_at_the_final_token_output_of_a_class_token_model_is_exactly_zer
 def test_mean_pooled_default_is_the_final_token_output(mean_pooled):
     assert mean_pooled.metadata["target_layer"] == "final_norm"
     assert mean_pooled.metadata["feature_size"] == [GRID, GRID]
-    check_against_reference(mean_pooled, "final_norm")
+    reference.check_export(mean_pooled, "final_norm")
 
 
 def test_list_layers_shows_token_layers_with_their_grid(class_token, capsys):
@@ -268,7 +239,7 @@ def test_keras_hub_classifiers_export_their_default_on_the_patch_grid(hub_model)
 
 
 def test_keras_hub_maps_equal_the_float64_reference(hub_model):
-    check_against_reference(hub_model, hub_model.metadata["target_layer"])
+    reference.check_export(hub_model, hub_model.metadata["target_layer"])
 
 
 def test_a_preprocess_other_than_the_keras_hub_preprocessors_is_refused(hub_model):
