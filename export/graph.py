@@ -10,7 +10,7 @@ also inside a nested head model) is skipped by reading the tensor before it, so
 gradients and logits come from the scores before it; a layer's own activation
 is left out only for the duration of the call that computes those scores.
 
-Node lookups use Keras 3 internals (`_inbound_nodes`, `_nodes`); keras is pinned.
+The graph's nodes are walked with nodes.py.
 """
 
 from __future__ import annotations
@@ -19,36 +19,9 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import keras
-from keras.src.ops.function import make_node_key
 
-from . import heads, tokens
-
-
-class TargetLayerError(ValueError):
-    """No usable target layer; the message names the candidates."""
-
-
-def _graph(model):
-    """The Functional graph behind a model (a Sequential keeps one privately)."""
-    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
-    if graph is None or not hasattr(graph, "_nodes"):
-        raise TargetLayerError(f"model {model.name!r} has no built graph; call it once or give it an Input")
-    return graph
-
-
-def _is_model(layer) -> bool:
-    return isinstance(layer, keras.Model)
-
-
-def _node(model, layer):
-    """The one node where `layer` is called inside `model`'s graph."""
-    graph = _graph(model)
-    nodes = [node for i, node in enumerate(layer._inbound_nodes) if make_node_key(layer, i) in graph._nodes]
-    if len(nodes) != 1:
-        raise TargetLayerError(
-            f"layer {layer.name!r} is called {len(nodes)} times in {model.name!r}; a shared layer cannot be a split point"
-        )
-    return nodes[0]
+from . import heads, nodes, tokens
+from .nodes import TargetLayerError
 
 
 def _single(tensors, what):
@@ -66,79 +39,6 @@ def _spatial_ok(shape) -> bool:
     return h is None or w is None or h * w > 1
 
 
-def _output_shape(layer):
-    try:
-        return tuple(layer.output.shape)
-    except (AttributeError, ValueError):
-        return ()
-
-
-def _producer(graph, tensor):
-    """The node of `graph` that computes `tensor`; None when it comes from outside."""
-    op, index, _ = tensor._keras_history
-    return op._inbound_nodes[index] if op is not None and make_node_key(op, index) in graph._nodes else None
-
-
-def _main_layers(model) -> set:
-    """The layers called on every path from `model`'s inputs to its outputs (the outputs'
-    dominators). A map at a layer beside another path (an Inception branch, the convs a
-    residual connection skips) sees only part of what reaches the output."""
-    try:
-        graph = _graph(model)
-    except TargetLayerError:
-        return set()  # a subclassed model: what happens inside is unknown
-    outputs = [node for node in (_producer(graph, t) for t in graph.outputs) if node is not None]
-
-    def parents(node):
-        return [p for p in (_producer(graph, t) for t in node.input_tensors) if p is not None]
-
-    # Post-order from the outputs: a topological order of the nodes they depend on.
-    order, position, stack = [], {}, [(node, False) for node in outputs]
-    while stack:
-        node, done = stack.pop()
-        if node in position:
-            continue
-        if done:
-            position[node] = len(order)
-            order.append(node)
-        else:
-            stack.append((node, True))
-            stack.extend((p, False) for p in parents(node) if p not in position)
-    # Every path runs forward in that order, so a node is on all of them exactly when no
-    # edge jumps over it. A virtual source (-1) feeds the inputs (nodes reading nothing, or
-    # a tensor from outside the graph); a virtual sink (len(order)) reads the outputs.
-    reach = [-1] * len(order)  # reach[a]: the furthest position an edge from position a goes to
-    furthest = -1
-    for b, node in enumerate(order):
-        ps = parents(node)
-        if not ps or len(ps) < len(node.input_tensors):
-            furthest = b
-        for p in ps:
-            reach[position[p]] = max(reach[position[p]], b)
-    for node in outputs:
-        reach[position[node]] = len(order)
-    main = set()
-    for b, node in enumerate(order):
-        if furthest <= b:
-            main.add(node.operation)
-        furthest = max(furthest, reach[b])
-    return main
-
-
-def _walk(model, prefix=(), main=True):
-    """(path, layer, on the main path) for every layer, depth first, in graph order, nested
-    models included; a layer is on the main path when it is on every input-to-output path
-    of its model and its model is too."""
-    on_path = _main_layers(model) if main else set()
-    for layer in model.layers:
-        path = prefix + (layer.name,)
-        yield path, layer, layer in on_path
-        if _is_model(layer):
-            yield from _walk(layer, path, layer in on_path)
-        for block in tokens.blocks(layer):  # called in turn by the layer: each on its path
-            yield path + (block.name,), block, layer in on_path
-
-
 class Candidate(NamedTuple):
     path: str  # dotted
     shape: tuple
@@ -149,10 +49,10 @@ def candidates(model) -> list[Candidate]:
     """Every non-input layer with a 4-D output."""
     return [
         Candidate(".".join(path), shape, main)
-        for path, layer, main in _walk(model)
+        for path, layer, main in nodes.walk(model)
         if not isinstance(layer, keras.layers.InputLayer)
-        and not _is_model(layer)
-        and len(shape := _output_shape(layer)) == 4
+        and not nodes.is_model(layer)
+        and len(shape := nodes.output_shape(layer)) == 4
     ]
 
 
@@ -207,28 +107,22 @@ def resolve_target(model, spec: str | None) -> tuple[str, ...]:
     """A layer path from `--layer`: a dotted path, or a name found anywhere in the nesting."""
     if spec is None:
         return default_target(model)
-    paths = [path for path, *_ in _walk(model)]
+    paths = [path for path, *_ in nodes.walk(model)]
     wanted = tuple(spec.split("."))
     matches = [p for p in paths if p == wanted] or [p for p in paths if len(wanted) == 1 and p[-1] == spec]
     if len(matches) != 1:
         problem = "is ambiguous" if matches else "is not a layer"
         raise TargetLayerError(f"--layer {spec!r} {problem} of {model.name!r}; 4-D layers: {_describe(candidates(model))}")
-    layer = _layer_at(model, matches[0])
-    if not _is_model(layer) and tokens.is_tokens(tokens.shape_at(model, matches[0])):
+    layer = nodes.layer_at(model, matches[0])
+    if not nodes.is_model(layer) and tokens.is_tokens(tokens.shape_at(model, matches[0])):
         tokens.grid_at(model, matches[0])  # refuses, saying why, tokens without a grid
         return matches[0]
-    if _is_model(layer) or not _spatial_ok(_output_shape(layer)):
+    if nodes.is_model(layer) or not _spatial_ok(nodes.output_shape(layer)):
         raise TargetLayerError(
-            f"--layer {spec!r} has output {list(_output_shape(layer))}, not a 4-D feature map larger than 1x1; "
+            f"--layer {spec!r} has output {list(nodes.output_shape(layer))}, not a 4-D feature map larger than 1x1; "
             f"4-D layers: {_describe(candidates(model))}"
         )
     return matches[0]
-
-
-def _layer_at(model, path):
-    for name in path:
-        model = model.get_layer(name) if _is_model(model) else next(b for b in tokens.blocks(model) if b.name == name)
-    return model
 
 
 @dataclass
@@ -276,8 +170,8 @@ def head(model, override: str | None = None) -> Head:
         if isinstance(op, keras.layers.InputLayer):
             kind, _ = heads.decide(heads.OTHER, override, width, op.name)
             return Head(kind, out, _identity, False, op.name, bool(override))
-        inputs = _node(model, op).input_tensors
-        if _is_model(op):
+        inputs = nodes.node(model, op).input_tensors
+        if nodes.is_model(op):
             inner = head(op, override)
             body = _submodel(_single(op.inputs, f"model {op.name!r} input"), [inner.tensor])
             return Head(
@@ -329,8 +223,8 @@ def split(model, path: tuple[str, ...], top: Head | None) -> Forward:
         return lambda x: (top.apply(body(x, training=False)), None)
 
     layer = model.get_layer(path[0])
-    node = _node(model, layer)
-    if len(path) == 1 or not _is_model(layer):
+    node = nodes.node(model, layer)
+    if len(path) == 1 or not nodes.is_model(layer):
         if len(path) == 2:  # a block the layer calls in turn (tokens.blocks)
             body = tokens.block_body(model, model_in, top.tensor, layer, path[1])
         elif tokens.is_tokens((target := _single(node.output_tensors, f"layer {layer.name!r} output")).shape):

@@ -39,7 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import graph
+from . import nodes
+from .nodes import TargetLayerError
 
 
 class TokenGrid(NamedTuple):
@@ -69,8 +70,8 @@ def grid(model, tensor) -> TokenGrid:
     name = tensor._keras_history.operation.name
     tokens = tensor.shape[1]
     if tokens is None:
-        raise graph.TargetLayerError(f"layer {name!r} has an open token count {list(tensor.shape)}: give --input-size HxW")
-    g = graph._graph(model)
+        raise TargetLayerError(f"layer {name!r} has an open token count {list(tensor.shape)}: give --input-size HxW")
+    g = nodes.functional(model)
     maps = _source_maps(g, tensor)
     if all(isinstance(t._keras_history.operation, keras.layers.InputLayer) for t in maps):
         if (embedded := _embedding_grid(g, tensor, tokens)) is not None:
@@ -78,13 +79,13 @@ def grid(model, tensor) -> TokenGrid:
     sizes = {tuple(t.shape[1:3]) for t in maps}
     if len(sizes) != 1 or None in next(iter(sizes)):
         found = ", ".join(f"{t._keras_history.operation.name} {list(t.shape[1:])}" for t in maps) or "none"
-        raise graph.TargetLayerError(
+        raise TargetLayerError(
             f"cannot tell the patch grid of layer {name!r} ({tokens} tokens): its tokens must come from one 4-D "
             f"patch map of static size (a Conv2D patch embedding), found {found}"
         )
     (gh, gw), source = next(iter(sizes)), maps[0]._keras_history.operation
     if isinstance(source, keras.layers.InputLayer) or tokens < gh * gw:
-        raise graph.TargetLayerError(
+        raise TargetLayerError(
             f"layer {name!r} has {tokens} tokens, made from {source.name!r} {list(maps[0].shape[1:])}, which is not "
             "their patch grid (tokens made from the image by a custom layer have no grid camserve can read)"
         )
@@ -96,7 +97,7 @@ def _embedding_grid(g, tensor, tokens: int) -> TokenGrid | None:
     `patch_size`; None when no layer on the way back from `tensor` does."""
     stack, seen = [tensor], set()
     while stack:
-        node = graph._producer(g, stack.pop())
+        node = nodes.producer(g, stack.pop())
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
@@ -130,7 +131,7 @@ def _source_maps(g, tensor) -> list:
         seen.add(id(t))
         if len(t.shape) == 4:
             found.append(t)
-        elif (node := graph._producer(g, t)) is not None:
+        elif (node := nodes.producer(g, t)) is not None:
             stack.extend(node.input_tensors)
     return found
 
@@ -153,37 +154,24 @@ def body(model, model_in, scores, target):
     return forward
 
 
-def blocks(layer) -> list:
-    """The blocks `layer` calls in turn when it holds them in a list rather than a graph
-    (keras-hub's ViTEncoder and DeiTEncoder: `encoder_layers`; DINOV2Encoder: `layers`);
-    [] for any other layer."""
-    if graph._is_model(layer):
-        return []
-    for attribute in ("encoder_layers", "layers"):
-        held = getattr(layer, attribute, None)
-        if isinstance(held, (list, tuple)) and held and all(isinstance(b, keras.layers.Layer) for b in held):
-            return list(held)
-    return []
-
-
 def _first_output(model, layer):
-    return graph._node(model, layer).output_tensors[0]
+    return nodes.node(model, layer).output_tensors[0]
 
 
 def shape_at(model, path) -> tuple:
     """The output shape of the layer at `path`; a block's is its encoder's (blocks keep the
     token count and width), an encoder's its first output's (DeiT's also returns its scores)."""
-    owner = graph._layer_at(model, path[:-1])
-    if not graph._is_model(owner):
-        return tuple(_first_output(graph._layer_at(model, path[:-2]), owner).shape)
+    owner = nodes.layer_at(model, path[:-1])
+    if not nodes.is_model(owner):
+        return tuple(_first_output(nodes.layer_at(model, path[:-2]), owner).shape)
     return tuple(_first_output(owner, owner.get_layer(path[-1])).shape)
 
 
 def grid_at(model, path) -> TokenGrid:
     """grid() of the token layer (or block) at `path`."""
-    owner = graph._layer_at(model, path[:-1])
-    if not graph._is_model(owner):
-        parent = graph._layer_at(model, path[:-2])
+    owner = nodes.layer_at(model, path[:-1])
+    if not nodes.is_model(owner):
+        parent = nodes.layer_at(model, path[:-2])
         return grid(parent, _first_output(parent, owner))
     return grid(owner, _first_output(owner, owner.get_layer(path[-1])))
 
@@ -198,7 +186,7 @@ def block_body(model, model_in, scores, encoder, name: str):
     """x -> (scores, the patch map of block `name`'s output): as body(), with the map taken
     inside `encoder`'s call, where the block's output is reshaped to the grid and back so
     that the rest of the encoder runs from it."""
-    block = next(b for b in blocks(encoder) if b.name == name)
+    block = next(b for b in nodes.blocks(encoder) if b.name == name)
     at = grid(model, _first_output(model, encoder))
     if not getattr(block, "_camserve_taps", False):
         original = block.call
@@ -233,20 +221,20 @@ class TokenLayer(NamedTuple):
     tokens: int
     channels: int
     grid: TokenGrid
-    main: bool  # on every input-to-output path (graph._walk)
+    main: bool  # on every input-to-output path (nodes.walk)
 
 
 def candidates(model) -> list[TokenLayer]:
     """Every layer with a token output whose patch grid the model gives, nested models included."""
     found = []
-    for path, layer, main in graph._walk(model):
-        if graph._is_model(layer) or isinstance(layer, keras.layers.InputLayer):
+    for path, layer, main in nodes.walk(model):
+        if nodes.is_model(layer) or isinstance(layer, keras.layers.InputLayer):
             continue
         try:
             shape = shape_at(model, path)
             if is_tokens(shape):
                 found.append(TokenLayer(".".join(path), shape[1], shape[2], grid_at(model, path), main))
-        except (graph.TargetLayerError, ValueError, AttributeError):
+        except (TargetLayerError, ValueError, AttributeError):
             continue  # no grid: not a map camserve can explain
     return found
 
@@ -254,19 +242,19 @@ def candidates(model) -> list[TokenLayer]:
 def _final(model, path=()):
     """(path, its model, layer) of the last map or token sequence on `model`'s main path, in
     graph order, inside the nested model that is it (a backbone); None when there is none."""
-    main = graph._main_layers(model)
+    main = nodes.main_layers(model)
 
     def dims(layer):
         try:
             return len(_first_output(model, layer).shape)
-        except (graph.TargetLayerError, IndexError):
+        except (TargetLayerError, IndexError):
             return 0
 
     mapped = [layer for layer in model.layers if layer in main and not isinstance(layer, keras.layers.InputLayer) and dims(layer) in (3, 4)]
     if not mapped:
         return None
     last = mapped[-1]
-    if graph._is_model(last) and dims(last) == 3:
+    if nodes.is_model(last) and dims(last) == 3:
         return _final(last, path + (last.name,))
     return path + (last.name,), model, last
 
@@ -284,7 +272,7 @@ def default(model) -> tuple[tuple[str, ...], str] | None:
         return path, f"default target {name} ({tokens}): the head pools the patch tokens of the final token output"
     block_in = _last_block_input(owner)
     if block_in is None:
-        raise graph.TargetLayerError(
+        raise TargetLayerError(
             f"the head of {model.name!r} reads only the prefix tokens of {name!r}, whose patch tokens therefore "
             "get zero gradient, and camserve cannot find the last transformer block's input (a layer feeding the "
             "last MultiHeadAttention): choose a token layer before the last block's attention with --layer"
@@ -314,19 +302,19 @@ def _last_block_input(model) -> tuple[str, ...] | None:
     input: the output of the block before it when an encoder layer calls its blocks in turn
     (or the layer feeding the encoder when it has one block); else the input of the LayerNormalization
     before the last MultiHeadAttention (pre-norm), or its query. None when no layer computes it."""
-    g = graph._graph(model)
-    encoders = [layer for layer in model.layers if blocks(layer)]  # the last before `final`, or `final`
+    g = nodes.functional(model)
+    encoders = [layer for layer in model.layers if nodes.blocks(layer)]  # the last before `final`, or `final`
     if encoders:
-        held = blocks(encoders[-1])
+        held = nodes.blocks(encoders[-1])
         if len(held) > 1:
             return encoders[-1].name, held[-2].name
-        query = graph._node(model, encoders[-1]).input_tensors[0]
+        query = nodes.node(model, encoders[-1]).input_tensors[0]
     else:
         attention = [layer for layer in model.layers if isinstance(layer, keras.layers.MultiHeadAttention)]
         if not attention:
             return None
-        query = graph._node(model, attention[-1]).input_tensors[0]
-        norm = graph._producer(g, query)
+        query = nodes.node(model, attention[-1]).input_tensors[0]
+        norm = nodes.producer(g, query)
         if norm is not None and isinstance(norm.operation, keras.layers.LayerNormalization):
             query = norm.input_tensors[0]
     layer = query._keras_history.operation
