@@ -18,6 +18,9 @@ from camserve.client.messages import request_message, request_options
 from camserve.v1 import camserve_pb2 as pb
 from tests import models, reference
 
+# A probe is prompt within this: about 10 ms here; stalls on the event loop cost 0.5-0.8 s.
+PROMPT_S = 0.25
+
 CALL_LIMIT = 3
 MAX_ENQUEUED = 4
 
@@ -119,9 +122,10 @@ def test_probes_answer_while_streams_fill_the_call_limit(guarded):
 def test_inflating_pngs_are_decoded_off_the_event_loop(guarded):
     """Nine 4 KB PNGs that each decode to 36 megapixels, three at a time (inline
     decoding was decided by compressed size, and they ran on the event loop:
-    eight took health from 9 ms to 0.5-0.8 s): health answers within 100 ms
-    throughout, the loop's lag metric stays under 100 ms, and every image is
-    explained."""
+    eight took health from 9 ms to 0.5-0.8 s): health answers within 250 ms
+    throughout (here about 10 ms; the bound leaves room for a slow CI machine, and
+    is half what the bug cost), the loop's lag metric stays under 250 ms, and every
+    image is explained."""
     bomb = request_message(inflating_png(), request_options(model="tiny"))
     probes, done = [], threading.Event()
 
@@ -144,8 +148,8 @@ def test_inflating_pngs_are_decoded_off_the_event_loop(guarded):
     assert all(a.image_width == 6000 and a.explained.index >= 0 for a in answers)
     assert len(probes) >= 3 and {status for status, _ in probes} == {"SERVING"}
     slowest = max(seconds for _, seconds in probes)
-    assert slowest < 0.1, f"a health check took {slowest * 1e3:.0f} ms while large images decoded"
-    assert guarded.metric("camserve_event_loop_lag_seconds") < 0.1
+    assert slowest < PROMPT_S, f"a health check took {slowest * 1e3:.0f} ms while large images decoded"
+    assert guarded.metric("camserve_event_loop_lag_seconds") < PROMPT_S
 
 
 def test_top_k_maps_beyond_what_can_be_admitted_is_invalid(guarded):
@@ -257,11 +261,11 @@ def http_status(base: str, path: str, body: bytes | None = None) -> tuple[int, f
     return status, time.monotonic() - started
 
 
-def test_probes_answer_within_100_ms_under_hostile_load(guarded):
+def test_probes_answer_promptly_under_hostile_load(guarded):
     """Long streams fill the gRPC call limit, slow bodies hold the HTTP one, and
     4 KB PNGs that inflate to 36 megapixels arrive on a stream beside good images:
     every probe (readiness and liveness, gRPC and HTTP) answers SERVING / 200
-    within 100 ms, never RESOURCE_EXHAUSTED or 429; the good images are explained."""
+    within 250 ms (PROMPT_S), never RESOURCE_EXHAUSTED or 429; the good images are explained."""
     good = reference.smooth_images(4, models.SIZE, seed=11)
     png = cv2.imencode(".png", good[0])[1].tobytes()
     probes, done = [], threading.Event()
@@ -306,4 +310,4 @@ def test_probes_answer_within_100_ms_under_hostile_load(guarded):
     assert len(probes) >= 8
     assert {status for _, status, _ in probes} <= {"SERVING", 200}, probes
     slowest = max(probes, key=lambda p: p[2])
-    assert slowest[2] < 0.1, f"the slowest probe, {slowest[0]}, took {slowest[2] * 1e3:.0f} ms"
+    assert slowest[2] < PROMPT_S, f"the slowest probe, {slowest[0]}, took {slowest[2] * 1e3:.0f} ms"
