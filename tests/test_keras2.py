@@ -57,6 +57,17 @@ def test_a_keras2_saved_model_exports_with_its_own_outputs(keras2, capsys):
         assert np.abs(raw - cam).max() <= 1e-3 * np.abs(a * g).sum(axis=-1).max(), i
 
 
+def test_a_keras2_h5_file_loads_as_the_same_model(keras2):
+    """Keras 2's .h5 files Keras 3 reads itself (the SavedModel path goes through one)."""
+    from camserve.export import source
+
+    model, root = keras2
+    model.save(root / "old.h5")
+    loaded = source.load(str(root / "old.h5")).model
+    grey = reference.smooth_images(2, SIZE, seed=4)[..., :1].astype(np.float32) / 255.0
+    np.testing.assert_allclose(loaded(grey).numpy(), model(grey).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_saved_model_without_a_keras_model_is_refused(tmp_path, capsys):
     module = tf.Module()
     module.f = tf.function(lambda x: x * 2, input_signature=[tf.TensorSpec([None, 4], tf.float32)])
