@@ -158,22 +158,25 @@ def _first_output(model, layer):
     return nodes.node(model, layer).output_tensors[0]
 
 
-def shape_at(model, path) -> tuple:
-    """The output shape of the layer at `path`; a block's is its encoder's (blocks keep the
-    token count and width), an encoder's its first output's (DeiT's also returns its scores)."""
+def _token_output(model, path):
+    """(its model, the output) of the layer (or block) at `path`: a block's is its encoder's
+    (blocks keep the token count and width), an encoder's its first (DeiT's also returns
+    its scores)."""
     owner = nodes.layer_at(model, path[:-1])
     if not nodes.is_model(owner):
-        return tuple(_first_output(nodes.layer_at(model, path[:-2]), owner).shape)
-    return tuple(_first_output(owner, owner.get_layer(path[-1])).shape)
+        parent = nodes.layer_at(model, path[:-2])
+        return parent, _first_output(parent, owner)
+    return owner, _first_output(owner, owner.get_layer(path[-1]))
+
+
+def shape_at(model, path) -> tuple:
+    """The output shape of the layer (or block) at `path`."""
+    return tuple(_token_output(model, path)[1].shape)
 
 
 def grid_at(model, path) -> TokenGrid:
     """grid() of the token layer (or block) at `path`."""
-    owner = nodes.layer_at(model, path[:-1])
-    if not nodes.is_model(owner):
-        parent = nodes.layer_at(model, path[:-2])
-        return grid(parent, _first_output(parent, owner))
-    return grid(owner, _first_output(owner, owner.get_layer(path[-1])))
+    return grid(*_token_output(model, path))
 
 
 # The blocks whose output a forward is taking, by id: a block's call is wrapped once and
