@@ -11,16 +11,22 @@ negated gradients, showing what speaks against the class. An export with n > 1
 target layers takes LAYER_CODE x l more for the l-th layer's map (0: the
 default), n for the mean and n + 1 for the maximum of all n maps (each scaled to
 a maximum of 1; the LayerCAM authors fuse by maximum); every map comes at the
-finest layer's size. Out-of-range values give class_index -1 and an all-zero map.
+finest layer's size. The attention methods (methods/base.py AttentionMethod)
+explain the whole model: offered only with an `attention` (attention.py), at the
+default layer (layer code 0), their map at the size of the others. Out-of-range
+values and methods not offered give class_index -1 and an all-zero map.
 
 Written once for any float dtype: the export compiles it in float32 under XLA,
 verification runs it eagerly in float64 as the reference.
 """
 
+import contextlib
+
 import tensorflow as tf
 
 from . import heads
-from .methods import METHODS
+from .attention import Attention, recording
+from .methods import ATTENTION, METHODS, CamMethod
 from .preprocess import preprocess
 
 COUNTERFACTUAL = 256  # added to a method code; above any method's code, so codes never clash
@@ -35,6 +41,8 @@ def _maps(activations, gradients, method):
     grow with the number of methods exported."""
     raw = tf.zeros_like(activations[..., 0])
     for code, each in enumerate(METHODS):
+        if not isinstance(each, CamMethod):
+            continue
         wanted = tf.equal(method, code)
 
         def computed(each=each, wanted=wanted):
@@ -46,10 +54,11 @@ def _maps(activations, gradients, method):
 
 class Explainer:
     """forwards: one forward(x) -> (scores, activations) per exported target layer,
-    the default first (graph.split)."""
+    the default first (graph.split); attention: the model's, for the attention methods."""
 
-    def __init__(self, forwards, preprocess_mode: str, channels: int, head: str, dtype=tf.float32):
+    def __init__(self, forwards, preprocess_mode: str, channels: int, head: str, dtype=tf.float32, attention: Attention | None = None):
         self.forwards = list(forwards)
+        self.attention = attention
         self.preprocess_mode = preprocess_mode
         self.channels = channels
         self.head = head
@@ -86,10 +95,12 @@ class Explainer:
         method = method - layer * LAYER_CODE
         counterfactual = method >= COUNTERFACTUAL
         method = tf.where(counterfactual, method - COUNTERFACTUAL, method)
-        with tf.GradientTape() as tape:
+        # Persistent: the attention methods take their own gradient when some image asks for one.
+        with tf.GradientTape(persistent=self.attention is not None) as tape:
             # Watching the input records the pass even when every weight is frozen.
             tape.watch(x)
-            logits, activations = self._logits(x)
+            with self._recording() as probabilities:
+                logits, activations = self._logits(x)
             num_classes = tf.shape(logits)[-1]
             # Highest first; equal logits in index order, as argmax breaks ties.
             ranked = tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True)
@@ -97,7 +108,7 @@ class Explainer:
             chosen = tf.where(class_index < 0, by_rank, class_index)
             layers = n + len(FUSIONS) if n > 1 else 1
             valid = (class_index >= -num_classes) & (class_index < num_classes) & (method >= 0) & (method < len(METHODS))
-            valid = valid & (layer >= 0) & (layer < layers)
+            valid = valid & (layer >= 0) & (layer < layers) & self._offered(method, counterfactual, layer)
             # Each image's own logit (negated for a counterfactual): summing over the batch keeps gradients per image.
             sign = tf.where(counterfactual, -1.0, 1.0) * tf.cast(valid, tf.float32)
             picked = tf.one_hot(chosen, num_classes, dtype=logits.dtype) * tf.cast(sign, logits.dtype)[:, None]
@@ -106,6 +117,8 @@ class Explainer:
         raw = _maps(tf.cast(activations, self.dtype), tf.cast(gradients, self.dtype), method)
         if n > 1:
             raw = self._chosen_layer(x, raw, layer, picked, method)
+        if self.attention is not None:
+            raw = raw + self._attention_maps(tape, score, probabilities, method, raw.shape[1:3])
         raw = raw * tf.cast(valid, self.dtype)[:, None, None]
         scale = tf.reduce_max(raw, axis=(1, 2))
         heatmap = tf.math.divide_no_nan(raw, scale[:, None, None])
@@ -118,6 +131,37 @@ class Explainer:
             "heatmap": heatmap,
             "heatmap_scale": scale,
         }
+
+    def _recording(self):
+        return recording() if self.attention is not None else contextlib.nullcontext([])
+
+    def _offered(self, method, counterfactual, layer):
+        """Per image, whether its method is offered as asked (valid codes assumed): an
+        attention method only with attention, at the default layer, and counterfactual
+        only where it means something."""
+        code = tf.clip_by_value(method, 0, len(METHODS) - 1)
+        offered = tf.gather([isinstance(m, CamMethod) or self.attention is not None for m in METHODS], code)
+        signed = tf.gather([getattr(m, "counterfactual", True) for m in METHODS], code)
+        default_layer = tf.gather([isinstance(m, CamMethod) for m in METHODS], code) | tf.equal(layer, 0)
+        return offered & (signed | ~counterfactual) & default_layer
+
+    def _attention_maps(self, tape, score, probabilities, method, size):
+        """Each image's attention-method map (zero for the others) at `size`; each method
+        runs, its gradients included, only when some image of the batch asks for it."""
+        out = tf.zeros([tf.shape(method)[0], *size], self.dtype)
+        for code in ATTENTION:
+            each, wanted = METHODS[code], tf.equal(method, code)
+
+            def computed(each=each):
+                gradients = tape.gradient(score, probabilities) if each.gradients else None
+                maps = tf.cast(self.attention.maps(each.relevance(probabilities, gradients)), self.dtype)
+                if tuple(self.attention.grid) != tuple(size):
+                    maps = tf.cast(tf.image.resize(maps[..., None], size, method="bilinear")[..., 0], self.dtype)
+                return maps
+
+            maps = tf.cond(tf.reduce_any(wanted), computed, lambda: tf.zeros_like(out))
+            out = out + tf.where(wanted[:, None, None], maps, tf.zeros_like(out))
+        return out
 
     def layer_sizes(self, images) -> list[tuple[int, int]]:
         """Each target layer's feature map (h, w) for these images' size."""

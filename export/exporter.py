@@ -13,12 +13,12 @@ import tensorflow as tf
 
 from camserve.progress import Steps
 
-from . import graph, repository, source
+from . import attention, graph, repository, source
 from .explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
-from .methods import NAMES
+from .methods import METHODS, AttentionMethod
 from .module import CamModule
 from .preprocess import MODES, preprocess
-from .verify import TOLERANCE, VerificationError, as_dtype, check_outputs, mixed_policy, sample_inputs, verify
+from .verify import TOLERANCE, VerificationError, as_dtype, check_outputs, mixed_policy, offered_methods, sample_inputs, verify
 
 
 class ExportError(ValueError):
@@ -114,12 +114,17 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         input_size, channels = _input_geometry(src.model, opts.input_size)
         targets, note = _targets(src.model, opts.layer)
         head = graph.head(src.model, opts.head)
-        explainer = Explainer([graph.split(src.model, t, head) for t in targets], mode, channels, head.kind)
+        forwards = [graph.split(src.model, t, head) for t in targets]
+        found, attention_note = attention.find(src.model, forwards[0], tf.zeros([1, *input_size, channels]))
+        explainer = Explainer(forwards, mode, channels, head.kind, attention=found)
         module = CamModule(src.model, explainer, input_size, opts.xla)
         names = ", ".join(".".join(t) for t in targets)
         steps.say(f"      target layer{'s' if len(targets) > 1 else ''} {names}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
         if note:
             steps.say(f"      {note}")
+        if attention_note:
+            steps.say(f"      {attention_note}")
+        methods = offered_methods(found)
         read = "the scores before" if head.stripped else "the output of"
         steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")
 
@@ -132,7 +137,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         steps.say(f"      {num_classes} classes, feature map {feature_size[0]}x{feature_size[1]}")
 
     with steps.step(f"compile{' with XLA' if opts.xla else ''}, compare with the model's own outputs"):
-        images, class_index, method = sample_inputs(input_size, num_classes, len(targets))
+        images, class_index, method = sample_inputs(input_size, num_classes, len(targets), len(methods))
         outputs = module.explain(images, class_index, method)
         layer_sizes = explainer.layer_sizes(images)
         module.predict(images)
@@ -155,7 +160,10 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
             "layers": [{"name": ".".join(t), "feature_size": list(hw)} for t, hw in zip(targets, layer_sizes)],
             "feature_size": feature_size,
             "num_classes": num_classes,
-            "methods": list(NAMES),
+            "methods": methods,
+            # Attention methods explain the model, not a layer; a class-free one has no counterfactual.
+            "attention_methods": [m.name for m in METHODS if isinstance(m, AttentionMethod) and m.name in methods],
+            "class_free_methods": [m.name for m in METHODS if isinstance(m, AttentionMethod) and not m.counterfactual and m.name in methods],
             # What class_index and method codes mean beyond 0..C-1 and -1 (explainer.py).
             "class_ranks": True,
             "counterfactual_code": COUNTERFACTUAL,

@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import heads
+from . import attention, heads, repository
 from .explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
 from .graph import Head, split
 from .graph import head as find_head
 from .heads import HeadError
-from .methods import METHODS, NAMES
+from .methods import ATTENTION, CAM_NAMES, METHODS, NAMES, CamMethod
 from .preprocess import preprocess
 from .source import COMPATIBILITY
 
@@ -57,18 +57,29 @@ def mixed_policy(model: keras.Model) -> str | None:
     return None
 
 
-def sample_inputs(input_size, num_classes: int, layers: int = 1, count: int = len(METHODS) + 3, seed: int = 0):
+def offered_methods(attention) -> list[str]:
+    """The names of the methods an export offers, in code order: the attention methods
+    only with the model's attention (they come last, so an index is still a code)."""
+    return list(NAMES if attention is not None else CAM_NAMES)
+
+
+def sample_inputs(input_size, num_classes: int, layers: int = 1, methods: int = len(METHODS), seed: int = 0):
     """Smooth random images (structured activations, unlike white noise) with
-    top-1, runner-up and explicit classes and, one an image, every method (every
-    third one counterfactual) and, with several layers, every layer and fusion."""
+    top-1, runner-up and explicit classes and, one an image, each of the first
+    `methods` methods (every third one counterfactual where it has one) and, with
+    several layers, every layer and fusion (the attention methods at the default)."""
+    count = methods + 3
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, size=(count, 8, 8, 3)).astype(np.float32)
     images = tf.image.resize(coarse, input_size).numpy()
     images = np.clip(images + rng.normal(0, 12, images.shape), 0, 255).astype(np.uint8)
     class_index = np.resize(np.array([-1, 0, num_classes - 1, -2, num_classes // 2, -1], np.int32), count)
-    method = np.arange(count) % len(METHODS) + np.where(np.arange(count) % 3 == 2, COUNTERFACTUAL, 0)
+    method = np.arange(count) % methods
+    signed = np.array([getattr(METHODS[m], "counterfactual", True) for m in method])
+    method = method + np.where((np.arange(count) % 3 == 2) & signed, COUNTERFACTUAL, 0)
     if layers > 1:
-        method = method + LAYER_CODE * (np.arange(count) % (layers + len(FUSIONS)))
+        cam = np.array([isinstance(METHODS[m % COUNTERFACTUAL], CamMethod) for m in method])
+        method = method + LAYER_CODE * np.where(cam, np.arange(count) % (layers + len(FUSIONS)), 0)
     method = method.astype(np.int32)
     return images, class_index, method
 
@@ -129,7 +140,8 @@ def verify(saved_model_dir, model, target_paths, preprocess_mode, channels, inpu
     """`head` is the --head override, if any."""
     explain = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
     num_classes = int(explain.structured_outputs["logits"].shape[-1])
-    inputs = sample_inputs(input_size, num_classes, len(target_paths))
+    offered = len(repository.read_metadata(saved_model_dir)["methods"])
+    inputs = sample_inputs(input_size, num_classes, len(target_paths), offered)
     images, class_index, method = inputs
     got = {k: v.numpy() for k, v in explain(images=images, class_index=class_index, method=method).items()}
     want, scales = reference(model, target_paths, preprocess_mode, channels, inputs, head)
@@ -143,10 +155,16 @@ def reference(model, target_paths, preprocess_mode, channels, inputs, head=None)
     twin = as_dtype(model, "float64")
     twin_head = find_head(twin, head)
     forwards = [split(twin, path, twin_head) for path in target_paths]
-    explainer = Explainer(forwards, preprocess_mode, channels, twin_head.kind, tf.float64)
-    want = {k: v.numpy() for k, v in explainer.explain(images, class_index, method).items()}
     x = preprocess(images, preprocess_mode, channels, tf.float64)
-    return want, map_scales(forwards, twin_head.kind, x, want["class_index"], method)
+    found, _ = attention.find(twin, forwards[0], x[:1])
+    explainer = Explainer(forwards, preprocess_mode, channels, twin_head.kind, tf.float64, found)
+    want = {k: v.numpy() for k, v in explainer.explain(images, class_index, method).items()}
+    scales = map_scales(forwards, twin_head.kind, x, want["class_index"], method)
+    # An attention map sums non-negative terms (products of probabilities, ReLU'd): nothing
+    # cancels, so it is judged against its own peak.
+    from_attention = np.isin(method % COUNTERFACTUAL, ATTENTION)
+    scales[from_attention] = _raw_map(want)[from_attention].max(axis=(1, 2))
+    return want, scales
 
 
 def compare(got: dict, want: dict, scales, method, target_paths) -> Report:
@@ -174,7 +192,8 @@ def map_scales(forwards, head_kind, x, chosen, method) -> np.ndarray:
     magnitudes over that layer's maximum."""
     layer, code = np.divmod(method, LAYER_CODE)
     sign = np.where(code >= COUNTERFACTUAL, -1.0, 1.0)
-    code = code % COUNTERFACTUAL
+    # Attention methods have no terms at a layer (reference() judges them): Grad-CAM's stand in.
+    code = np.where(np.isin(code % COUNTERFACTUAL, ATTENTION), 0, code % COUNTERFACTUAL)
     rows = np.arange(len(method))
     scales, maps = [], []
     for forward in forwards:

@@ -49,15 +49,20 @@ def check_targets(
         raise invalid(f"class_index out of range for {model.num_classes} classes ({ranks}): {class_index}")
     if any(not 0 <= m < len(model.methods) for m in method):
         raise invalid(f"method codes are 0..{len(model.methods) - 1} ({', '.join(model.methods)}): {method}")
+    asked = method  # method indices, before layer codes are added
     if layer and any(layer):
         choices = [*model.layers, *model.fusions]
         if any(not 0 <= each < len(choices) for each in layer):
             raise invalid(f"layer codes are 0..{len(choices) - 1} ({', '.join(choices)}): {layer}")
+        if chosen := {model.methods[m] for m, each in zip(asked, layer) if each} & model.attention_methods:
+            raise invalid(f"{', '.join(sorted(chosen))} explain the whole model, not a layer: leave the layer out")
         method = [m + model.layer_code * each for m, each in zip(method, layer)]
     if not counterfactual or not any(counterfactual):
         return method
     if model.counterfactual_code is None:
         raise invalid(f"{model.name} version {model.version} was exported before counterfactual maps: re-export it")
+    if chosen := {model.methods[m] for m, flag in zip(asked, counterfactual) if flag} & model.class_free_methods:
+        raise invalid(f"{', '.join(sorted(chosen))} uses no gradient, so it has no counterfactual map")
     return [m + model.counterfactual_code if flag else m for m, flag in zip(method, counterfactual)]
 
 

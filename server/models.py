@@ -49,6 +49,9 @@ class ServedModel:
         # Exports before class ranks and counterfactual maps have neither (export/explainer.py).
         self.class_ranks = bool(self.metadata.get("class_ranks"))
         self.counterfactual_code = self.metadata.get("counterfactual_code")
+        # Attention methods explain the model, not a layer; a class-free one has no counterfactual.
+        self.attention_methods = set(self.metadata.get("attention_methods", []))
+        self.class_free_methods = set(self.metadata.get("class_free_methods", []))
         # Target layers (the default first) and fusions of their maps; one layer before exports had several.
         self.layers = [layer["name"] for layer in self.metadata.get("layers", [])] or [self.metadata["target_layer"]]
         self.fusions = list(self.metadata.get("fusions", []))

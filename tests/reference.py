@@ -196,3 +196,70 @@ def capture(model, path, x, classes: int):
         per_class = [tf.reduce_sum(out[:, c]) for c in range(classes)]
     gradients = np.stack([tape.gradient(s, seen[-1]).numpy() for s in per_class], axis=1)
     return out.numpy(), seen[-1].numpy(), gradients
+
+
+def _layer_norm(x, gamma, beta, epsilon=1e-6):
+    mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+    variance = tf.reduce_mean((x - mean) ** 2, axis=-1, keepdims=True)
+    return (x - mean) / tf.sqrt(variance + epsilon) * gamma + beta
+
+
+def vit_attention(model, images, depth: int, patch: int):
+    """tests/vit.py's class-token ViT computed by hand in float64 from its weights (not by
+    its layers): (logits [N, C], every block's attention probabilities [N, L, heads, T, T],
+    d(logit_c)/d(those) for every class [N, C, L, heads, T, T])."""
+
+    def weights(name):
+        return [tf.constant(np.asarray(w, np.float64)) for w in model.get_layer(name).get_weights()]
+
+    x = tf.constant(images.astype(np.float64) / 255.0)
+    kernel, bias = weights("patch_embed")
+    patches = tf.nn.conv2d(x, kernel, strides=patch, padding="VALID") + bias
+    n, gh, gw, dim = patches.shape
+    tokens_in, position = weights("embed")
+    t = tf.concat([tf.repeat(tokens_in, n, axis=0), tf.reshape(patches, [n, gh * gw, dim])], axis=1) + position
+    probabilities = []
+    with tf.GradientTape(persistent=True) as tape:
+        for i in range(depth):
+            h = _layer_norm(t, *weights(f"block{i}_norm1"))
+            qk, qb, kk, kb, vk, vb, ok, ob = weights(f"block{i}_attn")
+            q = tf.einsum("ntd,dhk->nthk", h, qk) + qb
+            k = tf.einsum("ntd,dhk->nthk", h, kk) + kb
+            v = tf.einsum("ntd,dhk->nthk", h, vk) + vb
+            logits_qk = tf.einsum("nthk,nshk->nhts", q, k) / np.sqrt(qk.shape[-1])
+            a = tf.exp(logits_qk - tf.reduce_max(logits_qk, axis=-1, keepdims=True))
+            a = a / tf.reduce_sum(a, axis=-1, keepdims=True)
+            tape.watch(a)
+            probabilities.append(a)
+            t = t + tf.einsum("nthk,hkd->ntd", tf.einsum("nhts,nshk->nthk", a, v), ok) + ob
+            h = _layer_norm(t, *weights(f"block{i}_norm2"))
+            w1, b1 = weights(f"block{i}_mlp1")
+            h = h @ w1 + b1
+            h = 0.5 * h * (1.0 + tf.math.erf(h / np.sqrt(2.0)))  # exact GELU, as keras's "gelu"
+            w2, b2 = weights(f"block{i}_mlp2")
+            t = t + h @ w2 + b2
+        t = _layer_norm(t, *weights("final_norm"))
+        head_kernel, head_bias = weights("head")
+        logits = t[:, 0] @ head_kernel + head_bias
+        per_class = [tf.reduce_sum(logits[:, c]) for c in range(logits.shape[-1])]
+    gradients = np.stack([np.stack([g.numpy() for g in tape.gradient(s, probabilities)], axis=1) for s in per_class], axis=1)
+    return logits.numpy(), np.stack([p.numpy() for p in probabilities], axis=1), gradients
+
+
+def attention_rollout(probabilities: np.ndarray, prefix: int, grid) -> np.ndarray:
+    """Abnar and Zuidema 2020 for one image's [L, heads, T, T]: A_l = 0.5 mean_h + 0.5 I,
+    rollout = A_L ... A_1, the class token's row over the patches."""
+    eye = np.eye(probabilities.shape[-1])
+    rollout = eye
+    for each in probabilities:
+        rollout = (0.5 * each.mean(axis=0) + 0.5 * eye) @ rollout
+    return rollout[0, prefix:].reshape(grid)
+
+
+def generic_attention(probabilities: np.ndarray, gradients: np.ndarray, prefix: int, grid) -> np.ndarray:
+    """Chefer, Gur and Wolf 2021, equations 5-6, for one image: R = I; per layer
+    R = R + E_h[(grad A * A)+] R; the class token's row over the patches."""
+    relevance = np.eye(probabilities.shape[-1])
+    for each, gradient in zip(probabilities, gradients):
+        relevance = relevance + np.maximum(gradient * each, 0).mean(axis=0) @ relevance
+    return relevance[0, prefix:].reshape(grid)

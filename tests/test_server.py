@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from camserve.client import AsyncClient, Client
-from camserve.export.methods import NAMES as METHOD_NAMES
+from camserve.export.methods import CAM_NAMES as METHOD_NAMES
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from tests import models, reference

@@ -13,7 +13,7 @@ from keras import layers
 
 from camserve.export import exporter, verify
 from camserve.export.explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
-from camserve.export.methods import NAMES
+from camserve.export.methods import CAM_NAMES as NAMES
 from camserve.progress import Steps
 from tests import models, reference
 

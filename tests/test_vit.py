@@ -111,6 +111,81 @@ def test_mean_pooled_default_is_the_final_token_output(mean_pooled):
     reference.check_export(mean_pooled, "final_norm")
 
 
+ATTENTION = ("attention-rollout", "generic-attention")
+
+
+def test_attention_methods_equal_the_papers_formulas(class_token):
+    """Attention rollout and gradient-weighted attention against a float64 reference that
+    computes the ViT by hand from its weights and follows the papers' equations, for
+    several classes in one batch; rollout is the same for every class."""
+    methods = class_token.metadata["methods"]
+    assert class_token.metadata["attention_methods"] == list(ATTENTION)
+    count = 10
+    batch = images(count, seed=8)
+    class_index = np.resize([-1, 0, vit.CLASSES - 1, -2, 2], count)
+    method = np.array([methods.index(ATTENTION[i % 2]) for i in range(count)])
+    got = class_token.run(batch, class_index, method)
+    logits, probabilities, gradients = reference.vit_attention(class_token.model64, batch, depth=2, patch=vit.PATCH)
+    np.testing.assert_allclose(got["logits"], logits, rtol=1e-4, atol=1e-5)
+    rollouts = []
+    for i in range(count):
+        ranked = np.argsort(-logits[i], kind="stable")
+        chosen = ranked[-class_index[i] - 1] if class_index[i] < 0 else class_index[i]
+        assert got["class_index"][i] == chosen
+        if i % 2 == 0:
+            want = reference.attention_rollout(probabilities[i], 1, (GRID, GRID))
+            rollouts.append(want)
+        else:
+            want = reference.generic_attention(probabilities[i], gradients[i, chosen], 1, (GRID, GRID))
+        raw = got["heatmap"][i] * got["heatmap_scale"][i]
+        assert want.max() > 0 and want.std() > 1e-3 * want.max(), "a flat map proves little"
+        np.testing.assert_allclose(raw, want, rtol=0, atol=1e-5 * want.max(), err_msg=f"image {i}, {ATTENTION[i % 2]}")
+
+
+def test_attention_rollout_has_no_counterfactual_and_no_layer(class_token):
+    """Rollout uses no gradient: its counterfactual is refused, as is an attention method at
+    another layer, by the signature itself (class -1, an empty map)."""
+    from camserve.export.explainer import COUNTERFACTUAL
+
+    methods = class_token.metadata["methods"]
+    assert class_token.metadata["class_free_methods"] == ["attention-rollout"]
+    rollout, generic = (methods.index(name) for name in ATTENTION)
+    got = class_token.run(images(2, seed=9), [-1, -1], [rollout + COUNTERFACTUAL, generic + COUNTERFACTUAL])
+    assert got["class_index"][0] == -1 and not got["heatmap"][0].any()
+    assert got["class_index"][1] >= 0 and got["heatmap"][1].any()
+
+
+def test_the_server_answers_attention_methods_and_refuses_what_they_do_not_mean(class_token, mean_pooled, tmp):
+    """Over the wire: the attention maps are the signature's own; a rollout counterfactual
+    and an attention method on a model without a class token are refused with
+    INVALID_ARGUMENT and a message saying why."""
+    import grpc
+
+    from camserve.client import Client
+    from camserve.server.process import serving
+
+    name = class_token.path.parent.name
+    image = images(1, seed=10)[0]
+    with serving(class_token.path.parent.parent, tmp / "attention_server.log") as process, Client(process.target, model=name) as client:
+        assert list(client.get_model(name).methods[-2:]) == list(ATTENTION)
+        for method in ATTENTION:
+            got = client.explain(image, method=method, class_index=1, heatmap_type="float32")
+            want = class_token.run(image[None], [1], [class_token.metadata["methods"].index(method)])["heatmap"][0]
+            np.testing.assert_allclose(got.heatmap, want, atol=1e-6)
+        for options, message in (
+            ({"method": "attention-rollout", "counterfactual": True}, "uses no gradient, so it has no counterfactual map"),
+            ({"method": "generic-attention", "model": mean_pooled.path.parent.name}, "unknown method 'generic-attention'"),
+        ):
+            with pytest.raises(grpc.RpcError) as raised:
+                client.explain(image, **options)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in raised.value.details()
+
+
+def test_models_without_a_class_token_attention_offer_no_attention_methods(mean_pooled):
+    assert "attention-rollout" not in mean_pooled.metadata["methods"]
+    assert mean_pooled.metadata["attention_methods"] == []
+
+
 def test_list_layers_shows_token_layers_with_their_grid(class_token, capsys):
     args = argparse.Namespace(source=str(class_token.source), weights="none", input_size=None, custom_objects=None)
     assert cli.list_layers(args) == 0
@@ -240,6 +315,23 @@ def test_keras_hub_classifiers_export_their_default_on_the_patch_grid(hub_model)
 
 def test_keras_hub_maps_equal_the_float64_reference(hub_model):
     reference.check_export(hub_model, hub_model.metadata["target_layer"])
+
+
+def test_keras_hub_class_token_transformers_offer_the_attention_methods(hub_model):
+    """ViT, DeiT and DINOv2 (registers) attend globally with keras MultiHeadAttention; Swin
+    attends within windows of its own: it offers the CAM methods only. The export verified
+    the attention maps against float64; here they are non-empty and differ by class."""
+    methods = hub_model.metadata["methods"]
+    if hub_model.kind == "swin":
+        assert not any(name in methods for name in ATTENTION)
+        return
+    count = 6
+    method = [methods.index(ATTENTION[i // 3]) for i in range(count)]
+    one_image = np.repeat(reference.smooth_images(1, hub_model.size, seed=3), count, axis=0)
+    got = hub_model.run(one_image, [0, 1, 2] * 2, method)
+    assert got["heatmap"].shape[1:] == hub_model.grid_shape and np.all(got["heatmap_scale"] > 0)
+    np.testing.assert_allclose(got["heatmap"][0], got["heatmap"][1], atol=1e-6)  # rollout: no class
+    assert np.abs(got["heatmap"][3] - got["heatmap"][4]).max() > 1e-3  # generic attention: by class
 
 
 def test_a_preprocess_other_than_the_keras_hub_preprocessors_is_refused(hub_model):
