@@ -3,9 +3,11 @@ image of the batch asking for one method, against its `predict`, in-process.
 A batch computes only the methods its images ask for, so any one-pass method
 should cost about what Grad-CAM costs, however many methods are exported; the
 `mixed` row has every method in one batch (what every batch cost when all maps
-were computed). Prints a table and writes results/methods.json.
+were computed). `vit` is a ViT-Tiny-sized keras-hub classifier (random weights),
+the only one of the three with the attention methods. Prints a table and writes
+results/methods.json.
 
-    python benchmarks/methods.py [--models demo resnet50] [--batches 1 8 32]
+    python benchmarks/methods.py [--models demo resnet50 vit] [--batches 1 8 32]
 """
 
 import os
@@ -22,14 +24,35 @@ sys.path.insert(0, str(Path(__file__).parent))
 from timing import SOURCES, rows_against_predict, run_in_process_benchmark  # noqa: E402
 from workload import exported, random_images  # noqa: E402
 
-from camserve.export.methods import NAMES  # noqa: E402
+from camserve.export.repository import read_metadata  # noqa: E402
 
+# ViT-Tiny's width and heads at half its depth: 224x224, 196 patches of 16x16, a class token.
+VIT = {"patch_size": 16, "num_layers": 6, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768}
+
+
+def small_vit(folder: Path) -> str:
+    """A keras-hub ViT classifier with random weights (none can be fetched here) and a
+    preprocessor scaling to [-1, 1], saved as a .keras file; returns its path."""
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(image_shape=(224, 224, 3), **VIT)
+    converter = keras_hub.layers.ImageConverter(image_size=(224, 224), scale=1 / 127.5, offset=-1.0)
+    preprocessor = keras_hub.models.ImageClassifierPreprocessor(image_converter=converter)
+    classifier = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=1000, preprocessor=preprocessor)
+    path = folder / "vit.keras"
+    classifier.save(path)
+    return str(path)
+
+
+MODELS = {**SOURCES, "vit": (small_vit, "none", None)}
 
 
 def bench_model(name: str, batches, rounds: int, min_seconds: float) -> list[dict]:
-    source, weights, size = SOURCES[name]
+    source, weights, size = MODELS[name]
     with tempfile.TemporaryDirectory() as tmp:
+        source = source(Path(tmp)) if callable(source) else source
         version = exported(source, Path(tmp) / "repo", name, weights, size)
+        methods = read_metadata(version)["methods"]
         saved = tf.saved_model.load(str(version))
         explain, predict = saved.signatures["explain"], saved.signatures["predict"]
         rows = []
@@ -37,11 +60,11 @@ def bench_model(name: str, batches, rounds: int, min_seconds: float) -> list[dic
             images = tf.constant(np.stack(random_images(version, batch)))
             top1 = tf.fill([batch], -1)
             configs = {"predict": lambda: predict(images=images)["logits"].numpy()}
-            for code, method in enumerate(NAMES):
+            for code, method in enumerate(methods):
                 codes = tf.fill([batch], code)
                 configs[method] = lambda codes=codes: explain(images=images, class_index=top1, method=codes)["heatmap"].numpy()
-            if batch >= len(NAMES):
-                mixed = tf.constant(np.arange(batch) % len(NAMES), tf.int32)
+            if batch >= len(methods):
+                mixed = tf.constant(np.arange(batch) % len(methods), tf.int32)
                 configs["mixed"] = lambda: explain(images=images, class_index=top1, method=mixed)["heatmap"].numpy()
             rows += rows_against_predict(name, batch, configs, rounds, min_seconds)
         return rows
@@ -62,4 +85,4 @@ def table(rows) -> str:
 
 
 if __name__ == "__main__":
-    run_in_process_benchmark(__doc__, bench_model, table, "methods.json", rounds=2, seconds=1.5)
+    run_in_process_benchmark(__doc__, bench_model, table, "methods.json", rounds=2, seconds=1.5, sources=MODELS)

@@ -31,7 +31,7 @@ def best_of_rounds(configs: dict, images: int, rounds: int = 3, min_seconds: flo
 SOURCES = {"demo": ("demo", "imagenet", None), "resnet50": ("resnet50", "none", (224, 224))}
 
 
-def run_in_process_benchmark(doc: str, bench_model, table, out_name: str, rounds: int, seconds: float):
+def run_in_process_benchmark(doc: str, bench_model, table, out_name: str, rounds: int, seconds: float, sources=SOURCES):
     """The command line of an in-process benchmark: bench_model(name, batches, rounds,
     seconds) -> rows per model, table(rows) printed, the rows written as JSON with
     the command and the machine."""
@@ -45,7 +45,7 @@ def run_in_process_benchmark(doc: str, bench_model, table, out_name: str, rounds
     import tensorflow as tf
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--models", nargs="+", default=list(sources), choices=list(sources))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--seconds", type=float, default=seconds, help="minimum seconds per measurement")

@@ -36,9 +36,9 @@ class Attention(NamedTuple):
     grid: tuple[int, int]
     layers: int
 
-    def maps(self, relevance):
-        """[N, T, T] -> the class token's row over the patches, [N, gh, gw]."""
-        return tf.reshape(relevance[:, 0, self.prefix :], [-1, *self.grid])
+    def maps(self, class_row):
+        """The class token's row [N, T] over the patches, [N, gh, gw]."""
+        return tf.reshape(class_row[:, self.prefix :], [-1, *self.grid])
 
 
 def _attention_layers(model) -> list:

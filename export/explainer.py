@@ -154,7 +154,7 @@ class Explainer:
 
             def computed(each=each):
                 gradients = tape.gradient(score, probabilities) if each.gradients else None
-                maps = tf.cast(self.attention.maps(each.relevance(probabilities, gradients)), self.dtype)
+                maps = tf.cast(self.attention.maps(each.class_row(probabilities, gradients)), self.dtype)
                 if tuple(self.attention.grid) != tuple(size):
                     maps = tf.cast(tf.image.resize(maps[..., None], size, method="bilinear")[..., 0], self.dtype)
                 return maps

@@ -45,13 +45,13 @@ class SummedTerms(CamMethod):
 class AttentionMethod:
     """A transformer-native method: from the attention probabilities [N, heads, T, T]
     of every self-attention layer, in the order they run, (and the gradients of the
-    explained logit with respect to them when `gradients`), a relevance [N, T, T] of
-    token to token; the map is the class token's row over the patch tokens
+    explained logit with respect to them when `gradients`), the class token's row
+    [N, T] of a token-to-token relevance; the map is that row over the patch tokens
     (export/attention.py). It explains the whole model, not a target layer."""
 
     name: str = ""
     gradients: bool = False
     counterfactual: bool = True  # whether the negated gradients mean anything to it
 
-    def relevance(self, probabilities, gradients):
+    def class_row(self, probabilities, gradients):
         raise NotImplementedError
