@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_OUT := out/demo
 
-.PHONY: demo evaluate serve test proto bench train-demo clean
+.PHONY: demo evaluate serve test zoo proto bench train-demo clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ serve: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
+
+# The zoo with one keras.applications constructor a family too (minutes; not in `make test`).
+zoo: $(INSTALLED)
+	CAMSERVE_APPLICATIONS=1 $(BIN)/python -m pytest -q tests/test_zoo.py --durations=0
 
 # Regenerate the gRPC stubs from proto/ (committed; never edited by hand).
 proto: $(INSTALLED)

@@ -34,7 +34,6 @@ _RECORDING: list[list] = []  # the open recordings, innermost last
 class Attention(NamedTuple):
     prefix: int  # the class token is token 0, the patch tokens follow the prefix
     grid: tuple[int, int]
-    layers: int
 
     def maps(self, class_row):
         """The class token's row [N, T] over the patches, [N, gh, gw]."""
@@ -72,9 +71,9 @@ def recording():
 
 
 def find(model, forward, x) -> tuple[Attention | None, str | None]:
-    """(the model's attention, or None, and a note saying which or why not; no note for a
-    model without MultiHeadAttention), from one run of `forward` (the default target's)
-    on a sample input `x`."""
+    """(the model's attention and a note on it) or (None, why the model has none camserve
+    can use; None for a model without MultiHeadAttention), from one run of `forward` (the
+    default target's) on a sample input `x`."""
     layers = _attention_layers(model)
     if not layers:
         return None, None
@@ -82,11 +81,11 @@ def find(model, forward, x) -> tuple[Attention | None, str | None]:
         path, _ = tokens.default(model) or (None, None)
         at = tokens.grid_at(model, path) if path else None
     except TargetLayerError as error:
-        return None, f"no patch grid for the attention methods ({error}): they are not exported"
+        return None, f"the model's tokens have no patch grid ({error})"
     if at is None:
-        return None, "the model's main path does not end in tokens: the attention methods are not exported"
+        return None, "the model's main path does not end in tokens"
     if at.prefix == 0:
-        return None, "no class token (the head pools every token): the attention methods are not exported"
+        return None, "the model has no class token (its head pools every token)"
     for layer in layers:
         _tap(layer)
     with recording() as taken:
@@ -95,9 +94,6 @@ def find(model, forward, x) -> tuple[Attention | None, str | None]:
     shapes = {tuple(p.shape[2:]) for p in taken}
     if not taken or shapes != {(expected, expected)}:
         found = ", ".join(f"{list(s)}" for s in sorted(shapes)) or "none ran"
-        return None, (
-            f"the attention methods need self-attention over the {expected} tokens of the {at}; "
-            f"this model's attention is over {found}: they are not exported"
-        )
+        return None, f"they need self-attention over the {expected} tokens of the {at}; this model's attention is over {found}"
     note = f"attention methods over {len(taken)} attention layers, the class token's row on the {at}"
-    return Attention(at.prefix, at.grid, len(taken)), note
+    return Attention(at.prefix, at.grid), note

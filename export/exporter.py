@@ -15,7 +15,7 @@ from camserve.progress import Steps
 
 from . import attention, graph, repository, source
 from .explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
-from .methods import METHODS, AttentionMethod
+from .methods import METHODS, NAMES, AttentionMethod
 from .module import CamModule
 from .preprocess import MODES, preprocess
 from .verify import TOLERANCE, VerificationError, as_dtype, check_outputs, mixed_policy, offered_methods, sample_inputs, verify
@@ -123,7 +123,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         if note:
             steps.say(f"      {note}")
         if attention_note:
-            steps.say(f"      {attention_note}")
+            steps.say(f"      {attention_note}" if found else f"      attention methods not exported: {attention_note}")
         methods = offered_methods(found)
         read = "the scores before" if head.stripped else "the output of"
         steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")
@@ -164,6 +164,8 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
             # Attention methods explain the model, not a layer; a class-free one has no counterfactual.
             "attention_methods": [m.name for m in METHODS if isinstance(m, AttentionMethod) and m.name in methods],
             "class_free_methods": [m.name for m in METHODS if isinstance(m, AttentionMethod) and not m.counterfactual and m.name in methods],
+            # Why a method camserve has is not offered, for the server's refusal.
+            "unavailable_methods": {name: attention_note or "the model has no keras MultiHeadAttention" for name in NAMES if name not in methods},
             # What class_index and method codes mean beyond 0..C-1 and -1 (explainer.py).
             "class_ranks": True,
             "counterfactual_code": COUNTERFACTUAL,

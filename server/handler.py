@@ -69,7 +69,9 @@ def check_targets(
 def _options(request: pb.ExplainRequest, model: ServedModel, limits: Limits) -> Prepared:
     method_name = request.method or model.default_method
     if method_name not in model.methods:
-        raise invalid(f"unknown method {method_name!r}; {model.name} offers {', '.join(model.methods)}")
+        why = model.unavailable_methods.get(method_name)
+        because = f"{model.name} does not offer {method_name!r}: {why}" if why else f"unknown method {method_name!r}"
+        raise invalid(f"{because}; {model.name} offers {', '.join(model.methods)}")
     method = model.methods.index(method_name)
     maps = request.top_k_maps
     if maps > 1 and request.HasField("class_index"):

@@ -52,6 +52,7 @@ class ServedModel:
         # Attention methods explain the model, not a layer; a class-free one has no counterfactual.
         self.attention_methods = set(self.metadata.get("attention_methods", []))
         self.class_free_methods = set(self.metadata.get("class_free_methods", []))
+        self.unavailable_methods = dict(self.metadata.get("unavailable_methods", {}))  # name -> why
         # Target layers (the default first) and fusions of their maps; one layer before exports had several.
         self.layers = [layer["name"] for layer in self.metadata.get("layers", [])] or [self.metadata["target_layer"]]
         self.fusions = list(self.metadata.get("fusions", []))

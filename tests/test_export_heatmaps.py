@@ -248,3 +248,20 @@ def test_default_target_is_last_spatial_layer_through_nesting(kind):
 
     test_model = models.BUILDERS[kind]()
     assert ".".join(default_target(test_model.model)) == test_model.target
+
+
+@pytest.mark.parametrize("method", ["eigencam", "eigengradcam"])
+def test_eigen_cam_of_activations_near_float32_s_floor_is_the_same_map_scaled(method):
+    """A deep network with random weights (keras.applications' MobileNet) ends in activations
+    of 1e-19, whose squares float32 flushes to zero: the map must still be the float64 one."""
+    import tensorflow as tf
+
+    from camserve.export.methods import METHODS, NAMES
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(0.5, 1, (2, 3, 4, 16))
+    g = rng.normal(0, 1, a.shape)
+    got = METHODS[NAMES.index(method)].map(tf.constant(a * 1e-19, tf.float32), tf.constant(g, tf.float32)).numpy()
+    for i in range(2):
+        want = reference.method_map(method, a[i] * 1e-19, g[i])
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5 * want.max())

@@ -212,6 +212,9 @@ BAD = {
     "class out of range": (dict(class_index=models.CLASSES), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1..-5: the highest class, the next, ...): [5]"),
     "rank past the classes": (dict(class_index=-6), grpc.StatusCode.INVALID_ARGUMENT, "class_index out of range for 5 classes (-1..-5: the highest class, the next, ...): [-6]"),
     "unknown method": (dict(method="lime"), grpc.StatusCode.INVALID_ARGUMENT, "unknown method 'lime'"),
+    "attention method on a CNN": (
+        dict(method="attention-rollout"), grpc.StatusCode.INVALID_ARGUMENT, "tiny does not offer 'attention-rollout': the model has no keras MultiHeadAttention; tiny offers gradcam,"
+    ),
 }
 
 

@@ -174,7 +174,7 @@ def test_the_server_answers_attention_methods_and_refuses_what_they_do_not_mean(
             np.testing.assert_allclose(got.heatmap, want, atol=1e-6)
         for options, message in (
             ({"method": "attention-rollout", "counterfactual": True}, "uses no gradient, so it has no counterfactual map"),
-            ({"method": "generic-attention", "model": mean_pooled.path.parent.name}, "unknown method 'generic-attention'"),
+            ({"method": "generic-attention", "model": mean_pooled.path.parent.name}, "does not offer 'generic-attention': the model has no class token"),
         ):
             with pytest.raises(grpc.RpcError) as raised:
                 client.explain(image, **options)
@@ -184,6 +184,7 @@ def test_the_server_answers_attention_methods_and_refuses_what_they_do_not_mean(
 def test_models_without_a_class_token_attention_offer_no_attention_methods(mean_pooled):
     assert "attention-rollout" not in mean_pooled.metadata["methods"]
     assert mean_pooled.metadata["attention_methods"] == []
+    assert mean_pooled.metadata["unavailable_methods"]["attention-rollout"] == "the model has no class token (its head pools every token)"
 
 
 def test_list_layers_shows_token_layers_with_their_grid(class_token, capsys):

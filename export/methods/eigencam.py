@@ -33,8 +33,17 @@ def top_eigenvector(gram):
     return tf.math.divide_no_nan(column, tf.norm(column, axis=-1, keepdims=True))
 
 
+def _unit(x):
+    """x [N,...] over each image's largest magnitude: the direction and the signs do not
+    depend on scale, and the squares of activations as small as 1e-19 (a deep network's
+    with random weights) would be flushed to zero in float32 (TensorFlow flushes subnormals)."""
+    peak = tf.reduce_max(tf.abs(x), axis=tf.range(1, tf.rank(x)), keepdims=True)
+    return tf.math.divide_no_nan(x, peak)
+
+
 def _principal_direction(x):
     """Unit first right singular vector [N,K] of the centred [N,h*w,K] x."""
+    x = _unit(x)
     if x.shape[1] <= x.shape[2]:
         direction = tf.linalg.matvec(x, top_eigenvector(tf.matmul(x, x, transpose_b=True)), transpose_a=True)  # X^T u: the right singular vector, unnormalised
         return tf.math.divide_no_nan(direction, tf.norm(direction, axis=-1, keepdims=True))
@@ -48,6 +57,7 @@ def principal_projection(values, activations):
     x = tf.reshape(values, [batch, h * w, k])
     x = x - tf.reduce_mean(x, axis=1, keepdims=True)
     projection = tf.linalg.matvec(x, _principal_direction(x))
+    activations = _unit(activations)  # only its signs and the ratio of two norms are read
     total = tf.reshape(tf.reduce_sum(activations, axis=-1), [batch, h * w])
     agreement = tf.reduce_sum(
         (projection - tf.reduce_mean(projection, axis=-1, keepdims=True)) * (total - tf.reduce_mean(total, axis=-1, keepdims=True)),
