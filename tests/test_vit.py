@@ -164,9 +164,15 @@ def test_the_server_answers_attention_methods_and_refuses_what_they_do_not_mean(
     from camserve.client import Client
     from camserve.server.process import serving
 
+    import shutil
+
+    # Only these two, one image a batch: the warm-up compiles every model's every batch size.
+    repo = tmp / "attention_repo"
+    for exported in (class_token, mean_pooled):
+        shutil.copytree(exported.path, repo / exported.path.parent.name / "1", dirs_exist_ok=True)
     name = class_token.path.parent.name
     image = images(1, seed=10)[0]
-    with serving(class_token.path.parent.parent, tmp / "attention_server.log") as process, Client(process.target, model=name) as client:
+    with serving(repo, tmp / "attention_server.log", "--max-batch-size", "1") as process, Client(process.target, model=name) as client:
         assert list(client.get_model(name).methods[-2:]) == list(ATTENTION)
         for method in ATTENTION:
             got = client.explain(image, method=method, class_index=1, heatmap_type="float32")
