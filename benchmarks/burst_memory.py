@@ -21,7 +21,7 @@ import numpy as np
 
 from camserve.client import AsyncClient
 from camserve.export.exporter import ExportOptions, export
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 
 DEFAULT_ARGS = ["--max-enqueued", "8", "--max-batch-size", "1", "--max-concurrent-rpcs", "16", "--max-message-mb", "4",
                 "--max-pixels", "1100000", "--decode-threads", "2"]

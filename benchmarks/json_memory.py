@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camserve.server.rest_kserve import parse_infer
+from camserve.server.transports.http.kserve import parse_infer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from request_path import write_results  # noqa: E402

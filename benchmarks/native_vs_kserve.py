@@ -17,7 +17,7 @@ from pathlib import Path
 
 from camserve.client.loadtest import kserve_sender, native_sender, run_levels
 from camserve.client.report import plot, write_csv, write_json
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared workload
 from workload import exported, random_images  # noqa: E402

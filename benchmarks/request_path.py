@@ -151,7 +151,7 @@ def worker_calls(server, workers: int) -> list[float]:
 
 
 def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best_rate: float, server_pin, load_pin) -> list[dict]:
-    from camserve.server.process import ServerProcess
+    from camserve.server.ops.process import ServerProcess
 
     rows = []
     extra = ["--workers", str(workers)] if workers > 1 else []
@@ -224,7 +224,7 @@ def main():
         print(f"in-process on one of the server's cores: {best}", file=sys.stderr)
         for workers in args.workers:
             rows += run_server(args, repo, Path(tmp), workers, size, best, best_rate, server_pin, load_pin)
-    from camserve.server.device import select_device
+    from camserve.server.models.device import select_device
 
     write_results(
         f"request_path_{args.source}{'_' + args.label if args.label else ''}",

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from camserve.client.loadtest import native_sender, run_levels  # noqa: E402
-from camserve.server.process import ServerProcess, free_port  # noqa: E402
+from camserve.server.ops.process import ServerProcess, free_port  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared workload
 from workload import exported, random_images  # noqa: E402

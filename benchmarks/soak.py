@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from camserve.client.loadtest import closed_loop, native_sender
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).parent))  # the benchmarks' shared workload
 from workload import exported, random_images  # noqa: E402

@@ -28,15 +28,15 @@ from request_path import cores, in_process, perf_analyzer, tree_cpu_seconds, wri
 from workload import exported, random_images  # noqa: E402
 
 
-# The server with KServeService.infer answering at once: zeros of the served
+# The server with KServe.infer answering at once: zeros of the served
 # model's output shapes (N from the request); the model's statistics count the
 # call, as perf_analyzer wants to read them back.
 CANNED = """
 import sys
 import numpy as np
 from camserve.kserve import grpc_predict_v2_pb2 as kpb
-from camserve.server import kserve
-from camserve.server.tensors import encode_output
+from camserve.server.transports import kserve
+from camserve.server.transports.tensors import encode_output
 
 async def infer(self, request, context, api):
     n = request.inputs[0].shape[0]
@@ -51,7 +51,7 @@ async def infer(self, request, context, api):
         response.raw_output_contents.append(encode_output(response.outputs.add(name=name), np.zeros((n, *shape), dtype)))
     return response
 
-kserve.KServeService.infer = infer
+kserve.KServe.infer = infer
 from camserve.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -76,7 +76,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--perf-analyzer", default=None, help="default: $CAMSERVE_PERF_ANALYZER or perf_analyzer on PATH")
     args = parser.parse_args()
-    from camserve.server.process import ServerProcess
+    from camserve.server.ops.process import ServerProcess
 
     args.perf_analyzer = args.perf_analyzer or os.environ.get("CAMSERVE_PERF_ANALYZER") or shutil.which("perf_analyzer")
     if not args.perf_analyzer:

@@ -50,7 +50,7 @@ def _write_overlay(path: Path, result, target: Path, box, args) -> str:
 
     from camserve.images import read_rgb
 
-    from . import boxes
+    from camserve import boxes
 
     try:
         image = read_rgb(path, args.background)  # upright and composited, as the server explained it
@@ -86,7 +86,7 @@ def run(args) -> int:
 
     from .client import Client
     from .files import image_files, mirrored
-    from .overlay import colormap
+    from camserve.overlay import colormap
 
     missing = [str(p) for p in args.images if not p.exists()]
     if missing:

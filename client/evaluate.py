@@ -15,12 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from camserve.boxes import Box
 from camserve.images import read_rgb
+from camserve.overlay import blend
 from camserve.progress import StatusLine, rate_and_eta
 
 from . import faithfulness
-from .boxes import Box
-from .overlay import blend
 
 CHUNK = 8  # images whose perturbations travel together
 PER_CALL = 32  # perturbed images per ExplainMany call

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .boxes import THRESHOLD, Box, largest_region
+from camserve.boxes import THRESHOLD, Box, largest_region
 
 STEPS = 16
 BASELINES = ("random", "centre")

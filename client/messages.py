@@ -10,11 +10,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from camserve import colors, geometry, images
+from camserve import boxes, colors, geometry, images
+from camserve import overlay as drawing
 from camserve.v1 import camserve_pb2 as pb
-
-from . import boxes
-from . import overlay as drawing
 
 RESIZE_MODES = {"stretch": pb.RESIZE_STRETCH, "center_crop": pb.RESIZE_CENTER_CROP, "letterbox": pb.RESIZE_LETTERBOX}
 HEATMAP_TYPES = {"float32": pb.HEATMAP_FLOAT32, "uint8": pb.HEATMAP_UINT8, "none": pb.HEATMAP_NONE}

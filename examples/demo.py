@@ -11,7 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 
 
 def main() -> int:

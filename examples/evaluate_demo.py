@@ -14,7 +14,7 @@ from pathlib import Path
 
 from camserve.cli import main as camserve
 from camserve.demo import shapes
-from camserve.server.process import serving
+from camserve.server.ops.process import serving
 
 HELD_OUT_SEED = 4242
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from camserve import geometry, images  # noqa: E402
-from camserve.client.overlay import blend  # noqa: E402
+from camserve.overlay import blend  # noqa: E402
 
 
 def main():

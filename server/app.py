@@ -1,6 +1,6 @@
 """`camserve serve`: the process. Start listening (health NOT_SERVING), load and
 warm up every model, report SERVING; on SIGTERM/SIGINT report NOT_SERVING,
-finish what was accepted, exit (phases in phase.py).
+finish what was accepted, exit (phases in ops/phase.py).
 
 Health has two meanings, as Kubernetes probes want: readiness ("", and each
 API's service name) is SERVING only between warm-up and drain; liveness
@@ -24,19 +24,21 @@ from grpc_reflection.v1alpha import reflection
 from camserve.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from camserve.v1 import camserve_pb2, camserve_pb2_grpc
 
-from . import cpus, loop_lag, phase
-from .call_limit import CallLimit
-from .device import configure_threads, select_device
-from .handler import Handler
-from .http_server import HttpServer
-from .kserve import KServeService
-from .logs import configure_logging
-from .metrics import Metrics
-from .lifecycle import ModelManager
-from .models import Registry
+from .models.lifecycle import ModelManager
+from .models.registry import Registry
+from .ops import cpus, loop_lag, phase
+from .models.device import configure_threads, select_device
+from .ops.link import Link
+from .ops.phase import Phase
+from .ops.logs import configure_logging
+from .ops.metrics import Metrics
 from .options import ServerOptions
-from .service import CamServeService
-from .workers import Link
+from .pipeline.explain import Pipeline
+from .transports.grpc.call_limit import CallLimit
+from .transports.grpc.native import CamServeService
+from .transports.http.server import HttpServer
+from .transports.grpc.kserve import KServeService
+from .transports.kserve import KServe
 
 log = logging.getLogger("camserve.server")
 
@@ -47,15 +49,16 @@ KSERVE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceServ
 
 class Server:
     def __init__(self, options: ServerOptions, link: Link | None = None):
-        """`link`: this server is one of several workers on one port (workers.py)."""
+        """`link`: this server is one of several workers on one port (ops/workers.py)."""
         self.options = options
         self.link = link
         self.metrics = Metrics(worker=str(link.index) if link else "0")
-        self.registry = Registry()
+        self.phase = Phase()
+        self.registry = Registry(self.phase)
         self.health = health_aio.HealthServicer()
         self.cpus = cpus.available()
         self.decoders = ThreadPoolExecutor(options.decode_threads or self.cpus, thread_name_prefix="decode")
-        self.handler = Handler(self.registry, self.decoders, options.limits, self.metrics)
+        self.pipeline = Pipeline(self.registry, self.decoders, options.limits, self.metrics)
         self.stopping = asyncio.Event()
         self._background: set[asyncio.Task] = set()  # tasks nothing awaits: referenced so they are not collected
         limit = options.max_message_bytes
@@ -71,28 +74,28 @@ class Server:
                 ("grpc.so_reuseport", 1 if link else 0),
             ],
         )
-        native, kserve = CamServeService(self.registry, self.handler), KServeService(self.registry, self.handler)
-        camserve_pb2_grpc.add_CamServeServicer_to_server(native, self.grpc)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, self.grpc)
-        self.http = HttpServer(options, self.registry, self.handler, native, kserve, self.metrics) if options.http_port else None
+        kserve = KServe(self.registry, self.pipeline)
+        camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.pipeline), self.grpc)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(kserve), self.grpc)
+        self.http = HttpServer(options, kserve, self.pipeline, self.metrics) if options.http_port else None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection([SERVICE_NAME, KSERVE_NAME, health_name, reflection.SERVICE_NAME], self.grpc)
 
     async def _enter(self, new_phase: str):
-        self.registry.phase = new_phase
+        self.phase.current = new_phase
         await self._publish_health()
 
     async def _publish_health(self):
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set(LIVENESS, serving if self.registry.live else not_serving)
+        await self.health.set(LIVENESS, serving if self.phase.live else not_serving)
         for service in ("", SERVICE_NAME, KSERVE_NAME):
-            await self.health.set(service, serving if self.registry.ready else not_serving)
+            await self.health.set(service, serving if self.phase.ready else not_serving)
 
     def _on_crash(self, err: BaseException):
         """A batcher died: this process cannot serve that model any more; let probes
         restart it, or, for a worker, the supervisor."""
-        self.registry.crashed = err
+        self.phase.crashed = err
         self._in_background(self._publish_health())
         if self.link:
             self.stopping.set()
@@ -121,7 +124,7 @@ class Server:
     async def _start(self):
         """Load and warm up every model. A lone server listens from the start, so
         probes see it warming up; a worker opens the shared port once every worker
-        is warm (workers.py)."""
+        is warm (ops/workers.py)."""
         await self.manager.sync()  # an unreadable repository stops the server here
         if not self.registry.all():
             raise RuntimeError(f"no model in {self.options.repo} could be loaded; see the log lines above")
@@ -169,7 +172,7 @@ class Server:
             log.info("SERVING %s", served)
             await self.stopping.wait()
         await self._drain(loader, watcher, lag)
-        return 3 if self.registry.crashed and self.link else 0
+        return 3 if self.phase.crashed and self.link else 0
 
     async def _drain(self, *tasks: asyncio.Task | None):
         await self._enter(phase.DRAINING)
@@ -181,11 +184,11 @@ class Server:
         # accepted ones finish within the drain timeout, then the listener closes.
         await self._enter(phase.STOPPING)
         started = time.monotonic()
-        accepted = [self.handler.wait_idle(), *([self.http.wait_idle()] if self.http else [])]
+        accepted = [self.pipeline.calls.wait_idle(), *([self.http.wait_idle()] if self.http else [])]
         try:
             await asyncio.wait_for(asyncio.gather(*accepted), self.options.drain_timeout)
         except TimeoutError:
-            log.warning("drain timeout: %d call(s) still in flight are cut off", self.handler.in_flight)
+            log.warning("drain timeout: %d call(s) still in flight are cut off", self.pipeline.calls.in_flight)
         if self.listening:
             grace = max(0.0, self.options.drain_timeout - (time.monotonic() - started))
             await asyncio.gather(self.grpc.stop(grace=grace), *([self.http.stop()] if self.http else []))

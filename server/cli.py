@@ -35,7 +35,10 @@ def add_parser(subparsers):
     p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus metrics over HTTP; 0 turns it off")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (0.0.0.0: all)")
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--batch-timeout-ms", type=float, default=5.0, help="longest a batch waits for requests being decoded")
+    p.add_argument(
+        "--batch-wait-ms", "--batch-timeout-ms", dest="batch_wait_ms", type=float, default=5.0,
+        help="longest a batch waits for requests already admitted and still being decoded (never for requests yet to arrive)",
+    )
     p.add_argument("--max-enqueued", type=int, default=256, help="waiting requests per model before RESOURCE_EXHAUSTED")
     p.add_argument("--allowed-batch-sizes", type=int, nargs="+", help="the padding ladder (default: powers of two)")
     p.add_argument(
@@ -78,14 +81,15 @@ def add_parser(subparsers):
 def run(args) -> int:
     import sys
 
-    from .batcher import BatchingOptions
-    from .model_config import ModelConfig, VersionPolicy
-    from .options import Limits, ServerOptions
-    from .security import SecurityOptions
+    from .pipeline.batcher import BatchingOptions
+    from .models.config import ModelConfig, VersionPolicy
+    from .options import ServerOptions
+    from .pipeline.limits import Limits
+    from .transports.security import SecurityOptions
 
     batching = BatchingOptions(
         max_batch_size=args.max_batch_size,
-        batch_timeout=args.batch_timeout_ms / 1e3,
+        batch_wait=args.batch_wait_ms / 1e3,
         max_enqueued=args.max_enqueued,
         allowed_batch_sizes=tuple(args.allowed_batch_sizes or ()),
     )
@@ -130,7 +134,7 @@ def run(args) -> int:
         drain_timeout=args.drain_timeout,
     )
     if args.workers > 1:  # the supervisor never imports TensorFlow
-        from .workers import supervise
+        from .ops.workers import supervise
 
         return supervise(options, args.workers)
     from .app import serve  # the whole server: only once the flags are known good

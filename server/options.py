@@ -1,24 +1,14 @@
 """What `camserve serve` was asked for; no TensorFlow here, so the supervisor of
---workers can hold it (workers.py)."""
+--workers can hold it (ops/workers.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camserve import colors
-
-from .model_config import ModelConfig
-from .security import SecurityOptions
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_pixels: int = 40_000_000
-    stream_window: int = 32  # requests one stream may have in flight (`serve` defaults it to the max batch size)
-    background: int = colors.WHITE  # 0xRRGGBB under transparent pixels, unless the request sets its own
-    max_response_bytes: int = 64 * 1024 * 1024  # gRPC's send limit: larger answers are refused before queueing
-    default_timeout_s: float = 0.0  # the deadline of a call that brings none (`serve` defaults it to 60); 0: none
+from .models.config import ModelConfig
+from .pipeline.limits import Limits
+from .transports.security import SecurityOptions
 
 
 @dataclass

@@ -62,7 +62,7 @@ def server_repo(exports, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(server_repo, tmp_path_factory):
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     with serving(server_repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "8") as process:
         yield process
@@ -90,7 +90,7 @@ def shaped_server(exports, tmp_path_factory):
     for kind in ("wide", "tall"):
         path, *_ = exports.get(kind)
         shutil.copytree(path, repo / kind / "1")
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     log = tmp_path_factory.mktemp("logs") / "shaped_server.log"
     with serving(repo, log, "--max-batch-size", "8", "--background", f"{SHAPED_BACKGROUND:06X}") as process:

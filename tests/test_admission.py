@@ -17,7 +17,7 @@ def test_a_crop_at_the_models_size_does_not_pin_the_decoded_image():
 
 
 def test_an_original_size_heatmap_too_large_to_send_is_refused_before_queueing(tmp_path, server_repo):
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     image = np.zeros((560, 560, 3), np.uint8)  # 0.9 MiB of pixels fit the 1 MiB limit; their float map (1.2 MiB) does not
     with serving(server_repo, tmp_path / "server.log", "--max-message-mb", "1") as server:

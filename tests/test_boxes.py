@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from camserve.client import Client
-from camserve.client.boxes import Box, largest_region
+from camserve.boxes import Box, largest_region
 from tests import reference
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camserve.server.process import free_port
+from camserve.server.ops.process import free_port
 
 HEAVY = ("tensorflow", "keras", "matplotlib", "h5py")
 

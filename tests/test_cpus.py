@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from camserve.server import cpus
+from camserve.server.ops import cpus
 
 
 def test_cgroup_v2_and_v1_quotas(tmp_path):
@@ -34,6 +34,6 @@ def test_a_quota_caps_the_pinned_cores_and_rounds_up(tmp_path):
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
 def test_pinning_to_one_core_gives_one():
-    code = "from camserve.server import cpus; print(cpus.available())"
+    code = "from camserve.server.ops import cpus; print(cpus.available())"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"

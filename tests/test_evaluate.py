@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from camserve.client import faithfulness
-from camserve.client.boxes import Box
+from camserve.boxes import Box
 from camserve.demo import shapes
 
 HELD_OUT_SEED = 777  # used by neither training nor the other tests
@@ -50,7 +50,7 @@ def test_scores_follow_their_definitions():
 
 @pytest.fixture(scope="module")
 def demo_server(demo_repo, tmp_path_factory):
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     with serving(demo_repo, tmp_path_factory.mktemp("logs") / "server.log") as process:
         yield process

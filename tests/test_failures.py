@@ -9,13 +9,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from camserve.client import Client
-from camserve.server.process import serving
+from camserve.server.ops.process import serving
 
 SIZE = 8
 POISON = 255  # a first pixel of this value makes the model raise
@@ -91,15 +92,17 @@ def test_a_failing_request_fails_alone_and_visibly(poisoned_server):
 
 def test_a_model_that_always_fails_does_not_multiply_work(poisoned_server):
     server = poisoned_server
-    before = server.metric("camserve_batch_failures_total", model="poison")
-    # One KServe call of four images: admitted together, so they form one batch.
     # (tritonclient, not our KServe stubs: one process cannot import both.)
     import tritonclient.grpc as triton
 
-    images = triton.InferInput("images", [4, SIZE, SIZE, 3], "UINT8")
-    images.set_data_from_numpy(np.stack([image(True)] * 4))
+    client = triton.InferenceServerClient(server.target)
+    # One KServe call of four encoded images: admitted together, so they form one
+    # batch of four requests (each decoded on its own).
+    before = server.metric("camserve_batch_failures_total", model="poison")
+    encoded = triton.InferInput("image_bytes", [4], "BYTES")
+    encoded.set_data_from_numpy(np.array([cv2.imencode(".png", cv2.cvtColor(image(True), cv2.COLOR_RGB2BGR))[1].tobytes()] * 4, dtype=object))
     with pytest.raises(Exception) as err:
-        triton.InferenceServerClient(server.target).infer("poison", [images])
+        client.infer("poison", [encoded])
     assert "INTERNAL" in str(err.value) and "error id" in str(err.value)
     # The call ends at its first failed image; the batcher finishes the rest just after.
     deadline = time.monotonic() + 10
@@ -108,15 +111,24 @@ def test_a_model_that_always_fails_does_not_multiply_work(poisoned_server):
     assert "fails alone too" in server.log.read_text()
     runs = server.metric("camserve_batch_failures_total", model="poison") - before
     assert runs == 3, f"{runs} failed runs for a batch of 4: the batch and two alone, then give up"
+    # Four images already at the model's size are one block of one request: it fails
+    # as a whole, so its rows are not tried one by one.
+    before = server.metric("camserve_batch_failures_total", model="poison")
+    raw = triton.InferInput("images", [4, SIZE, SIZE, 3], "UINT8")
+    raw.set_data_from_numpy(np.stack([image(True)] * 4))
+    with pytest.raises(Exception) as err:
+        client.infer("poison", [raw])
+    assert "INTERNAL" in str(err.value) and "error id" in str(err.value)
+    assert server.metric("camserve_batch_failures_total", model="poison") - before == 1
     with Client(server.target, model="poison") as client:
         assert client.explain(image(False)).class_index in (0, 1), "the model still serves good requests"
 
 
 def test_a_dead_batcher_is_reported_and_refuses_new_work():
     """The batcher's own loop dying (not a model error) is supervised."""
-    from camserve.server.batcher import Batcher, BatchingOptions, Item
-    from camserve.server.errors import RequestError
-    from camserve.server.statistics import ModelStats
+    from camserve.server.pipeline.batcher import Batcher, BatchingOptions, Item
+    from camserve.server.pipeline.errors import RequestError
+    from camserve.server.pipeline.statistics import ModelStats
 
     class Fatal(BaseException):
         pass
@@ -132,10 +144,10 @@ def test_a_dead_batcher_is_reported_and_refuses_new_work():
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(3)]
         for future in futures:
-            batcher.submit(Item(np.zeros((2, 2, 3), np.uint8), -1, 0, None, future))
+            batcher.submit(_block(Item, future))
         await asyncio.gather(*futures, return_exceptions=True)
         with pytest.raises(RequestError) as refused:
-            batcher.submit(Item(np.zeros((2, 2, 3), np.uint8), -1, 0, None, loop.create_future()))
+            batcher.submit(_block(Item, loop.create_future()))
         return crashed, [f.exception() for f in futures], refused.value
 
     crashed, errors, refused = asyncio.run(scenario())
@@ -149,8 +161,8 @@ def test_batches_in_flight_on_the_device(in_flight):
     """The GPU path (a second batch in flight) and the CPU path, on the CPU: never more
     batches run at once than allowed, and every request is answered with its own row."""
 
-    from camserve.server.batcher import Batcher, BatchingOptions, Item
-    from camserve.server.statistics import ModelStats
+    from camserve.server.pipeline.batcher import Batcher, BatchingOptions, Item
+    from camserve.server.pipeline.statistics import ModelStats
 
     running, most, lock = [0], [0], threading.Lock()
 
@@ -172,12 +184,12 @@ def test_batches_in_flight_on_the_device(in_flight):
             image = np.full((2, 2, 3), i, np.uint8)
             futures.append(loop.create_future())
             with batcher.admit():
-                batcher.submit(Item(image, -1, 0, None, futures[-1]))
+                batcher.submit(_block(Item, futures[-1], image))
             await asyncio.sleep(0.01)
         results = await asyncio.gather(*futures)
         await batcher.drained()
         await batcher.stop()
-        return [float(r.outputs["value"]) for r in results]
+        return [float(r.outputs["value"][0]) for r in results]
 
     assert asyncio.run(scenario()) == [float(i) for i in range(12)]
     assert most[0] == in_flight
@@ -202,16 +214,22 @@ def test_an_export_without_ranks_or_counterfactuals_says_to_re_export(poisoned_s
 
 
 def _batcher(run_batch, size: int = 2):
-    from camserve.server.batcher import Batcher, BatchingOptions
-    from camserve.server.statistics import ModelStats
+    from camserve.server.pipeline.batcher import Batcher, BatchingOptions
+    from camserve.server.pipeline.statistics import ModelStats
 
     return Batcher(run_batch, BatchingOptions(max_batch_size=size), ThreadPoolExecutor(1), ModelStats(), name="m")
 
 
 def _item(loop):
-    from camserve.server.batcher import Item
+    from camserve.server.pipeline.batcher import Item
 
-    return Item(np.zeros((2, 2, 3), np.uint8), -1, 0, None, loop.create_future())
+    return _block(Item, loop.create_future())
+
+
+def _block(item, future, image=None):
+    """A one-image item (the batcher's items are blocks of images)."""
+    image = np.zeros((2, 2, 3), np.uint8) if image is None else image
+    return item(image[np.newaxis], np.array([-1], np.int32), np.array([0], np.int32), None, future)
 
 
 def test_a_crashed_batcher_is_idle_so_retiring_and_draining_end():
@@ -241,7 +259,7 @@ def test_a_crashed_batcher_is_idle_so_retiring_and_draining_end():
 def test_stopping_a_batcher_answers_the_batch_it_was_running():
     """stop() while a batch runs (a forced stop: drain timeout, retirement): the
     batch's callers get UNAVAILABLE rather than waiting for ever."""
-    from camserve.server.errors import RequestError
+    from camserve.server.pipeline.errors import RequestError
 
     running, release = threading.Event(), threading.Event()
 
@@ -270,9 +288,9 @@ def test_stopping_a_batcher_answers_the_batch_it_was_running():
 def test_closing_the_models_does_not_block_the_event_loop(tmp_path):
     """ModelManager.close() waits for each model's threads off the loop (it shut its
     executors down on it: the loop stood still for as long as a batch ran)."""
-    from camserve.server.lifecycle import ModelManager
-    from camserve.server.model_config import ModelConfig
-    from camserve.server.models import Registry
+    from camserve.server.models.lifecycle import ModelManager
+    from camserve.server.models.config import ModelConfig
+    from camserve.server.models.registry import Registry
 
     class Model:  # what close() touches of a ServedModel: its batcher and its threads
         name, version = "m", 1

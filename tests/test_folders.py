@@ -13,7 +13,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from camserve.client import Client
-from camserve.server.process import serving
+from camserve.server.ops.process import serving
 from tests import models
 
 SIZE = models.SIZE

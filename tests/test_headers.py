@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camserve.server.headers import image_size, sniff
+from camserve.server.pipeline.image_headers import image_size, sniff
 
 
 @pytest.mark.parametrize("ext, kind", [(".jpg", "JPEG"), (".png", "PNG"), (".bmp", "BMP"), (".webp", "WebP")])

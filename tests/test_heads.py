@@ -148,7 +148,7 @@ def head_server(exports, tmp_path_factory):
     """binary and sigmoid heads served side by side."""
     import shutil
 
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     repo = tmp_path_factory.mktemp("heads") / "repo"
     for kind in ("binary", "sigmoid"):

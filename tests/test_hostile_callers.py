@@ -29,7 +29,7 @@ MAX_ENQUEUED = 4
 def guarded(server_repo, tmp_path_factory):
     """The tiny test model (32x32, 5 classes) with room for 3 calls, 4 queued
     requests and 1 MB messages."""
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     args = ("--max-concurrent-rpcs", str(CALL_LIMIT), "--max-enqueued", str(MAX_ENQUEUED), "--max-batch-size", "4")
     with serving(server_repo, tmp_path_factory.mktemp("logs") / "guarded.log", *args, "--max-message-mb", "1") as process:

@@ -20,8 +20,8 @@ import tritonclient.http as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from camserve.client.overlay import blend
-from camserve.server.process import serving
+from camserve.overlay import blend
+from camserve.server.ops.process import serving
 from tests import models
 
 SIZE = models.SIZE

@@ -79,6 +79,33 @@ def test_infer_raw_and_encoded_equal_the_native_api(kserve, native):
             assert result.as_numpy("heatmap_scale")[i] == pytest.approx(want.heatmap_scale, rel=1e-5)
 
 
+def test_blocks_larger_than_a_batch_are_split_and_each_row_is_its_own_image(server, native):
+    """Images at the model's size travel as one block: two calls of 11 images at once,
+    over batches of 8, are split and share batches, and every row answers its own
+    image, as the native API explains it alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = []
+    for seed in (48, 49):
+        images = reference.smooth_images(11, SIZE, seed=seed)
+        rng = np.random.default_rng(seed)
+        calls.append((images, rng.integers(-3, models.CLASSES, 11).tolist(), rng.integers(0, 3, 11).tolist()))
+
+    def infer(call):
+        images, class_index, method = call
+        with triton.InferenceServerClient(url=server.target) as client:
+            return client.infer("tiny", [images_input(images), int_input("class_index", class_index), int_input("method", method)])
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(infer, calls))
+    for (images, class_index, method), result in zip(calls, results):
+        for i, image in enumerate(images):
+            want = native.explain(image, class_index=class_index[i], method=("gradcam", "gradcam++", "guided")[method[i]], return_scores=True)
+            assert result.as_numpy("class_index")[i] == want.class_index
+            np.testing.assert_allclose(result.as_numpy("heatmap")[i], want.heatmap, atol=1e-6)
+            np.testing.assert_allclose(result.as_numpy("probabilities")[i], want.probabilities, rtol=1e-5, atol=1e-7)
+
+
 def test_per_image_scalars_may_come_as_n_by_1(kserve):
     """Triton's tools shape per-image scalars [N,1] (ModelConfig dims [1])."""
     images = reference.smooth_images(2, SIZE, seed=47)

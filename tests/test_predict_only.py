@@ -16,7 +16,7 @@ from tests import models, reference
 def predict_server(exports, tmp_path_factory):
     import shutil
 
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     repo = tmp_path_factory.mktemp("predict") / "repo"
     for kind in ("functional", "binary", "sigmoid"):

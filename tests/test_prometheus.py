@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from camserve.server.process import free_port, serving
+from camserve.server.ops.process import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"

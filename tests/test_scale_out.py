@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from camserve.client import Client
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 from tests import models
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from camserve.client import Client
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 from tests import models
 
 TOKEN = "s3cret-token-for-tests"

@@ -369,7 +369,7 @@ def layered(exports, tmp_path_factory):
     """The functional test model exported with block_out (the default) and conv1."""
     import shutil
 
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     path, saved, *_ = exports.get("functional", key="functional_layers", more_layers=["conv1"])
     repo = tmp_path_factory.mktemp("layered") / "repo"

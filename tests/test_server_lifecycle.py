@@ -12,7 +12,7 @@ import pytest
 from keras import layers
 
 from camserve.client import AsyncClient, Client
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 
 SIZE = 96
 

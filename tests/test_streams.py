@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from camserve.client import AsyncClient, Client
-from camserve.server.process import serving
+from camserve.server.ops.process import serving
 from tests import models
 
 SIZE = models.SIZE

@@ -162,7 +162,7 @@ def test_the_server_answers_attention_methods_and_refuses_what_they_do_not_mean(
     import grpc
 
     from camserve.client import Client
-    from camserve.server.process import serving
+    from camserve.server.ops.process import serving
 
     import shutil
 

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import pytest
 
 from camserve.client import Client
-from camserve.server.process import ServerProcess
+from camserve.server.ops.process import ServerProcess
 
 IMAGE = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
 TOKEN = secrets.token_hex(16)  # random, so no other process holds it by chance

@@ -5,7 +5,7 @@ file overrides some of them:
     {
       "max_batch_size": 16,
       "allowed_batch_sizes": [1, 4, 16],
-      "batch_timeout_ms": 2,
+      "batch_wait_ms": 2,
       "max_enqueued": 64,
       "version_policy": "latest" | "all" | {"specific": [1, 3]},
       "default_method": "gradcam++",
@@ -23,11 +23,11 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .batcher import BatchingOptions
+from ..pipeline.batcher import BatchingOptions
 
 FILE = "config.json"
 KEYS = (
-    "max_batch_size", "allowed_batch_sizes", "batch_timeout_ms", "max_enqueued", "version_policy", "default_method",
+    "max_batch_size", "allowed_batch_sizes", "batch_wait_ms", "batch_timeout_ms", "max_enqueued", "version_policy", "default_method",
     "warm_up", "batches_in_flight",
 )
 
@@ -108,8 +108,11 @@ def parse(values, defaults: ModelConfig) -> ModelConfig:
         if not isinstance(sizes, list):
             raise ConfigError(f"allowed_batch_sizes is a list of batch sizes, got {sizes!r}")
         batching = replace(batching, allowed_batch_sizes=tuple(sizes))
-    if "batch_timeout_ms" in values:
-        batching = replace(batching, batch_timeout=_number(values, "batch_timeout_ms", (int, float), 0) / 1e3)
+    if "batch_timeout_ms" in values and "batch_wait_ms" in values:
+        raise ConfigError("batch_timeout_ms is the old name of batch_wait_ms: give one of them")
+    for key in ("batch_timeout_ms", "batch_wait_ms"):  # the old name, kept: files written for it still load
+        if key in values:
+            batching = replace(batching, batch_wait=_number(values, key, (int, float), 0) / 1e3)
     if "max_enqueued" in values:
         batching = replace(batching, max_enqueued=_number(values, "max_enqueued", int, 1))
     try:

@@ -2,9 +2,9 @@
 tensors, and Triton's binary-tensor extension (a JSON header of
 `Inference-Header-Content-Length` bytes, then the tensors' raw bytes in order).
 
-Each route turns the HTTP request into the gRPC request message, calls the gRPC
-service's own method (kserve.py), and turns its answer back into JSON: one
-pipeline for both transports. JSON tensor data becomes raw little-endian bytes
+Each route turns the HTTP request into the protocol's request message, has the
+protocol answer it (../kserve.py, as gRPC does), and turns its answer back into
+JSON: one pipeline for both transports. JSON tensor data becomes raw little-endian bytes
 first, so decoding and every check on it are the gRPC path's too."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from aiohttp import web
 
 from camserve.kserve import grpc_predict_v2_pb2 as kpb
 
-from . import kserve
-from .context import Context
-from .errors import RequestError, invalid
-from .tensors import NUMPY
+from ...models.registry import version_number
+from ...pipeline.errors import RequestError, invalid
+from ..kserve import KServe
+from ..tensors import NUMPY
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}  # JSON's names, for errors
@@ -235,49 +235,51 @@ def _ok(flag: bool, what: str) -> web.Response:
     return web.json_response({"error": f"{what} is not ready"}, status=503)
 
 
-def routes(service, registry, max_json: int) -> list[web.RouteDef]:
-    """`service`: the KServeService whose methods answer; `max_json`: the largest JSON
-    part of an infer request, in bytes."""
+def routes(kserve: KServe, max_json: int) -> list[web.RouteDef]:
+    """`kserve`: the protocol that answers; `max_json`: the largest JSON part of an
+    infer request, in bytes."""
+    process = kserve.registry.process
+
     def target(request) -> tuple[str, str]:
         return request.match_info["model"], request.match_info.get("version", "")
 
     async def server_metadata(request):
-        return web.json_response(as_json(await service.ServerMetadata(kpb.ServerMetadataRequest(), Context())))
+        return web.json_response(as_json(kserve.server_metadata()))
 
     async def live(request):
-        return _ok(registry.live, "the server")
+        return _ok(process.live, "the server")
 
     async def ready(request):
-        return _ok(registry.ready, "the server")
+        return _ok(process.ready, "the server")
 
     async def all_statistics(request):
-        return web.json_response(as_json(await service.ModelStatistics(kpb.ModelStatisticsRequest(), Context())))
+        return web.json_response(as_json(kserve.model_statistics("", "")))
 
     async def model_metadata(request):
         name, version = target(request)
-        return web.json_response(as_json(await service.ModelMetadata(kpb.ModelMetadataRequest(name=name, version=version), Context())))
+        return web.json_response(as_json(kserve.model_metadata(name, version)))
 
     async def model_ready(request):
         """200, or why not as the error: 404 for a model not served, 503 while it loads
         or the server drains (gRPC's ModelReady can only say false)."""
         name, version = target(request)
-        registry.get(name, kserve.version_number(version))
-        return _ok(registry.ready, "the server")
+        kserve.registry.get(name, version_number(version))
+        return _ok(process.ready, "the server")
 
     async def model_config(request):
         name, version = target(request)
-        answer = await service.ModelConfig(kpb.ModelConfigRequest(name=name, version=version), Context())
+        answer = kserve.model_config(name, version)
         return web.json_response(as_json(answer.config))  # Triton answers with the config itself
 
     async def model_statistics(request):
         name, version = target(request)
-        return web.json_response(as_json(await service.ModelStatistics(kpb.ModelStatisticsRequest(name=name, version=version), Context())))
+        return web.json_response(as_json(kserve.model_statistics(name, version)))
 
     async def infer(request):
         name, version = target(request)
         body = await request.read()  # aiohttp refuses a body over the message limit (413)
         message, binary_outputs = parse_infer(body, request.headers.get(HEADER_LENGTH), name, version, max_json)
-        return infer_response(await service.infer(message, Context(), "kserve_http"), binary_outputs)
+        return infer_response(await kserve.infer(message, None, "kserve_http"), binary_outputs)
 
     table = [
         ("GET", "/v2", server_metadata),

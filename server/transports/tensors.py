@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 
-from .errors import invalid
+from ..pipeline.errors import invalid
 
 NUMPY = {"UINT8": "<u1", "INT32": "<i4", "INT64": "<i8", "FP32": "<f4", "FP64": "<f8", "BOOL": "?"}
 CONTENTS = {

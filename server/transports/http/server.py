@@ -1,5 +1,5 @@
 """HTTP beside gRPC, on its own port and in the same event loop (aiohttp): KServe
-v2 REST (rest_kserve.py), explain by upload (rest_explain.py) and the page at
+v2 REST (kserve.py), explain by upload (upload.py) and the page at
 `/` (page/). Every route calls the gRPC services' own methods, so HTTP shares
 their admission, batchers, statuses and drain; this module only carries what
 HTTP adds: TLS from the same files, the same bearer token, the same limits on
@@ -10,9 +10,7 @@ message size and calls in flight, and gRPC statuses as HTTP ones with an
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import ssl
 from pathlib import Path
 
 import grpc
@@ -20,8 +18,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import phase, rest_explain, rest_kserve
-from .errors import RequestError, as_request_error
+from ...ops import phase
+from ...pipeline.errors import RequestError, as_request_error
+from ...pipeline.explain import Pipeline
+from ..kserve import KServe
+from . import upload
+from .kserve import routes as kserve_routes
 
 PAGE = Path(__file__).parent / "page"
 # A JSON tensor body takes up to about 10 times its size while it is parsed into Python
@@ -76,31 +78,19 @@ def error(status: int, message: str) -> web.Response:
     return response
 
 
-def _ssl_context(security) -> ssl.SSLContext | None:
-    if not security.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(security.tls_cert, security.tls_key)
-    if security.client_ca:
-        context.load_verify_locations(security.client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 class HttpServer:
-    def __init__(self, options, registry, handler, camserve_service, kserve_service, metrics):
+    def __init__(self, options, kserve: KServe, pipeline: Pipeline, metrics):
         self.options = options
         self.metrics = metrics
-        self.registry = registry
+        self.process = kserve.registry.process
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.expected = f"Bearer {options.security.token}".encode() if options.security.token else None
         self.app = web.Application(
             client_max_size=options.max_message_bytes, middlewares=[self._errors, self._admit]
         )
-        self.app.router.add_routes(rest_kserve.routes(kserve_service, registry, options.max_message_bytes // JSON_SHARE))
-        self.app.router.add_routes(rest_explain.routes(camserve_service, handler))
+        self.app.router.add_routes(kserve_routes(kserve, options.max_message_bytes // JSON_SHARE))
+        self.app.router.add_routes(upload.routes(kserve.registry, pipeline))
         self.app.router.add_get("/metrics", self._metrics)
         for path, name in PUBLIC_FILES.items():
             self.app.router.add_get(path, self._file(PAGE / name))
@@ -147,15 +137,15 @@ class HttpServer:
         is read; then the body's deadline, so a call holds its place only as long as
         its body may take to arrive and its answer to be computed."""
         path = request.path
-        if self.expected and not path.startswith(OPEN_PATHS) and path not in PUBLIC_FILES:
+        if self.options.security.token and not path.startswith(OPEN_PATHS) and path not in PUBLIC_FILES:
             # Header bytes that are not UTF-8 arrive as surrogates: encoded back, they are what was sent.
             sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(sent, self.expected):
+            if not self.options.security.authorized(sent):
                 raise RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (Authorization header)")
         route = request.match_info.route.resource  # None for an unknown route
         if route is not None and route.canonical in UNCOUNTED:
             return await handler(request)
-        if self.registry.phase == phase.STOPPING:  # before the body: the listener may close before it arrives
+        if self.process.current == phase.STOPPING:  # before the body: the listener may close before it arrives
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         if self.in_flight >= self.options.max_concurrent_rpcs:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.in_flight} calls in flight, the server's limit (--max-concurrent-rpcs): retry later")
@@ -205,7 +195,7 @@ class HttpServer:
         Returns the port (port 0 picks a free one)."""
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, logger=PROTOCOL_LOG)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=_ssl_context(self.options.security), reuse_port=shared or None)
+        site = web.TCPSite(self.runner, host, port, ssl_context=self.options.security.ssl_context(), reuse_port=shared or None)
         await site.start()
         return self.runner.addresses[0][1]
 

@@ -13,10 +13,15 @@ def colormap(name: str) -> int:
         raise ValueError(f"unknown OpenCV colormap {name!r}") from None
 
 
+def levels(heatmap: np.ndarray) -> np.ndarray:
+    """A heatmap ([0,1] floats) as uint8 levels, round(255 * v): what the colormap
+    indexes, and the wire's uint8 maps."""
+    return np.round(np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def colorize(heatmap: np.ndarray, colormap_name: str = "jet") -> np.ndarray:
     """A heatmap ([0,1] floats) as RGB uint8 in the colormap."""
-    levels = np.uint8(np.round(255 * np.clip(heatmap, 0.0, 1.0)))
-    return cv2.cvtColor(cv2.applyColorMap(levels, colormap(colormap_name)), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(cv2.applyColorMap(levels(heatmap), colormap(colormap_name)), cv2.COLOR_BGR2RGB)
 
 
 def blend(image_rgb: np.ndarray, heatmap: np.ndarray, colormap_name: str = "jet", alpha: float = DEFAULT_ALPHA) -> np.ndarray:

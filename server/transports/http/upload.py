@@ -5,31 +5,35 @@ parameters; the answer is JSON (top-k, the explained class, the map and its
 box) or, with `format=overlay`, the overlay PNG itself. `GET /camserve/models`
 lists what is served, as ListModels does.
 
-The request becomes the native API's ExplainRequest and runs through the
-handler's pipeline; the answer is read back with the client's own Explanation,
-so boxes and overlays are drawn exactly as `camserve explain` draws them. The
-map is rendered once, inside the call (counted, drained, on the decode pool),
+The query becomes the pipeline's ExplainOptions and the answer is drawn from
+the pipeline's Explained, with the same drawing code (camserve/boxes.py,
+overlay.py) as `camserve explain`. The map is rendered once, inside the call (counted, drained, on the decode pool),
 at the image's size scaled down to at most RENDER_PIXELS: the PNG map, the
 overlay and the box all come from that one rendering."""
 
 from __future__ import annotations
 
 import base64
+import time
 
 import cv2
 import numpy as np
 from aiohttp import web
 
-from camserve import geometry, images
-from camserve.client import boxes, messages, overlay
-from camserve.v1 import camserve_pb2 as pb
+from camserve import boxes, colors, geometry, images, overlay
 
-from . import kserve
-from .context import Context
-from .errors import invalid
-from .rest_kserve import as_json
+from ...models.registry import Registry, version_number
+from ...pipeline.batcher import PREDICT
+from ...pipeline.errors import invalid
+from ...pipeline.explain import Explained, Pipeline
+from ...pipeline.images import Encoded
+from ...pipeline.responses import top_k
+from ...pipeline.targets import FLOAT32, NONE, ExplainOptions
+from .. import native
+from .kserve import as_json
 
 HEATMAPS = ("png", "uint8", "float16", "none")
+RESIZE_MODES = {"stretch": geometry.STRETCH, "center_crop": geometry.CENTER_CROP, "letterbox": geometry.LETTERBOX}
 RENDER_PIXELS = 4_000_000  # a bound on what one upload renders: 2000 x 2000 pixels, 16 MB of map
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 OPTIONS = {
@@ -67,7 +71,7 @@ def _flag(query, name: str) -> bool:
 class Options:
     """The query parameters, all checked before the image is read."""
 
-    def __init__(self, query, model: str, version: int):
+    def __init__(self, query):
         unknown = sorted(set(query) - OPTIONS)
         if unknown:
             raise invalid(f"unknown query parameter(s) {unknown}; known: {', '.join(sorted(OPTIONS))}")
@@ -83,21 +87,21 @@ class Options:
         self.colormap = query.get("colormap", "jet")
         try:
             overlay.colormap(self.colormap)  # known to OpenCV, or ValueError
-            self.request = messages.request_options(
-                model=model,
-                version=version,
-                class_index=_number(query, "class_index", int, None, -(2**31), 2**31 - 1),
-                method=query.get("method"),
-                top_k=_number(query, "top_k", int, 5, 1, 1000),
-                heatmap_type="none" if self.heatmap == "none" else "float32",
-                resize=_choice(query, "resize", tuple(messages.RESIZE_MODES), "stretch"),
-                timeout=_number(query, "timeout_ms", int, 0, 0, 2**32 - 1) / 1e3,
-                background=query.get("background"),
-                counterfactual=_flag(query, "counterfactual"),
-                layer=query.get("layer"),
-            )
+            background = colors.rgb(query["background"]) if "background" in query else None
         except ValueError as err:  # an unknown colormap or a background that is no colour
             raise invalid(str(err)) from None
+        # The map travels at the model's feature size; rendering sizes it to the image.
+        self.explain = ExplainOptions(
+            method=query.get("method", ""),
+            class_index=_number(query, "class_index", int, None, -(2**31), 2**31 - 1),
+            top_k=_number(query, "top_k", int, 5, 1, 1000),
+            heatmap=NONE if self.heatmap == "none" else FLOAT32,
+            resize=RESIZE_MODES[_choice(query, "resize", tuple(RESIZE_MODES), "stretch")],
+            timeout_ms=_number(query, "timeout_ms", int, 0, 0, 2**32 - 1),
+            background=background,
+            counterfactual=_flag(query, "counterfactual"),
+            layer=query.get("layer", ""),
+        )
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -110,13 +114,14 @@ def render_size(height: int, width: int) -> tuple[int, int]:
     return max(1, int(height * shrink)), max(1, int(width * shrink))
 
 
-def _encoded_map(found: messages.Explanation, options: Options, rendered: np.ndarray | None) -> dict:
+def _encoded_map(found: Explained, options: Options, rendered: np.ndarray | None) -> dict:
     height, width = found.image_size
-    values = rendered if options.original else found.heatmap
+    result = found.results[0]
+    values = rendered if options.original else result.outputs["heatmap"]
     if options.heatmap == "png":
         data = _png(overlay.colorize(values, options.colormap))
     elif options.heatmap == "uint8":
-        data = np.round(values * 255).astype(np.uint8).tobytes()
+        data = overlay.levels(values).tobytes()
     else:
         data = values.astype("<f2").tobytes()
     # Where the map lies on the image (pixels x0, y0, x1, y1); an original-size map covers it all.
@@ -125,14 +130,22 @@ def _encoded_map(found: messages.Explanation, options: Options, rendered: np.nda
         "encoding": options.heatmap,
         "height": int(values.shape[0]),
         "width": int(values.shape[1]),
-        "scale": found.heatmap_scale,
+        "scale": float(result.outputs["heatmap_scale"]),
         "region": [region.x0, region.y0, region.x1, region.y1],
         "data": base64.b64encode(data).decode(),
     }
 
 
-def _prediction(p: messages.Prediction) -> dict:
-    return {"index": p.index, "label": p.label, "probability": p.probability, "logit": p.logit}
+def _class(found: Explained, index: int) -> dict:
+    """A class as the JSON answer names it; index -1 (a class out of range): none."""
+    model, outputs = found.model, found.results[0].outputs
+    known = index >= 0
+    return {
+        "index": index,
+        "label": model.classes[index] if model.classes and known else "",
+        "probability": float(outputs["probabilities"][index]) if known else 0.0,
+        "logit": float(outputs["logits"][index]) if known else 0.0,
+    }
 
 
 def _scaled(box: boxes.Box, to: tuple[int, int], source: tuple[int, int]) -> boxes.Box:
@@ -141,13 +154,17 @@ def _scaled(box: boxes.Box, to: tuple[int, int], source: tuple[int, int]) -> box
     return boxes.Box(int(box.x0 * sx), int(box.y0 * sy), min(to[1], round(box.x1 * sx)), min(to[0], round(box.y1 * sy)))
 
 
-def render(found: messages.Explanation, options: Options, image: bytes, background: int) -> web.Response:
+def render(found: Explained, options: Options, image: bytes, background: int) -> web.Response:
     """The answer, on the decode pool: resizing a map to a photo and encoding PNGs is real work."""
-    height, width = render_size(*found.image_size)
-    wanted = found.heatmap is not None and (options.overlay or options.original or options.box > 0)
-    rendered = found.heatmap_at(width, height) if wanted else None
+    image_size = found.image_size
+    height, width = render_size(*image_size)
+    result = found.results[0]
+    has_map = found.prepared.method != PREDICT
+    wanted = has_map and (options.overlay or options.original or options.box > 0)
+    sx, sy = width / image_size[1], height / image_size[0]
+    rendered = geometry.heatmap_to_image(result.outputs["heatmap"], found.region.scaled(sx, sy), width, height) if wanted else None
     drawn_box = boxes.largest_region(rendered, options.box) if rendered is not None and options.box > 0 else None
-    box = _scaled(drawn_box, found.image_size, (height, width)) if drawn_box else None
+    box = _scaled(drawn_box, image_size, (height, width)) if drawn_box else None
     if options.overlay:
         # Decoded again: the pipeline keeps only the model-sized canvas of a waiting
         # request (README, memory), not the image.
@@ -156,16 +173,24 @@ def render(found: messages.Explanation, options: Options, image: bytes, backgrou
         if drawn_box:
             drawn = boxes.draw(drawn, drawn_box)
         return web.Response(body=_png(drawn), content_type="image/png")
+    outputs = result.outputs
+    explained = _class(found, int(outputs["class_index"]))
+    del explained["logit"]
     document = {
-        "model": found.model,
-        "version": found.version,
-        "method": found.method,
-        "image": {"height": found.image_size[0], "width": found.image_size[1]},
-        "explained": {"index": found.class_index, "label": found.label, "probability": found.probability},
-        "top_k": [_prediction(p) for p in found.top_k],
-        "heatmap": _encoded_map(found, options, rendered) if found.heatmap is not None else None,
+        "model": found.model.name,
+        "version": found.model.version,
+        "method": found.model.methods[found.prepared.method] if has_map else "",
+        "image": {"height": image_size[0], "width": image_size[1]},
+        "explained": explained,
+        "top_k": [_class(found, int(i)) for i in top_k(outputs["probabilities"], found.prepared.top_k)],
+        "heatmap": _encoded_map(found, options, rendered) if has_map else None,
         "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1} if box else None,
-        "timing": {"queue_ms": found.queue_ms, "compute_ms": found.compute_ms, "batch_size": found.batch_size, "total_ms": found.total_ms},
+        "timing": {
+            "queue_ms": result.queue_s * 1e3,
+            "compute_ms": result.compute_s * 1e3,
+            "batch_size": result.batch_size,
+            "total_ms": (time.monotonic() - found.received) * 1e3,
+        },
     }
     return web.json_response(document)
 
@@ -185,22 +210,20 @@ async def _image(request: web.Request) -> bytes:
     return await request.read()
 
 
-def routes(service, handler) -> list[web.RouteDef]:
-    """`service`: the CamServeService whose ListModels answers; `handler` runs explains."""
-
+def routes(registry: Registry, pipeline: Pipeline) -> list[web.RouteDef]:
     async def list_models(request):
-        return web.json_response(as_json(await service.ListModels(pb.ListModelsRequest(), Context())))
+        return web.json_response(as_json(native.list_models(registry)))
 
     async def explain(request):
-        version = kserve.version_number(request.match_info.get("version", ""))
-        options = Options(request.query, request.match_info["model"], version)
+        version = version_number(request.match_info.get("version", ""))
+        options = Options(request.query)
         image = await _image(request)  # aiohttp refuses a body over the message limit (413)
         if not image:
             raise invalid("no image: send it as the request body or a multipart file")
-        message = messages.request_message(image, options.request)
-        background = message.background if message.HasField("background") else handler.limits.background
-        return await handler.explain(
-            message, Context(), "http", render=lambda response: render(messages.explanation(response), options, image, background)
+        background = pipeline.limits.background if options.explain.background is None else options.explain.background
+        return await pipeline.explain(
+            request.match_info["model"], version, Encoded(image), options.explain, None, "http",
+            lambda found: render(found, options, image, background), heavy=True,
         )
 
     return [
@@ -208,4 +231,3 @@ def routes(service, handler) -> list[web.RouteDef]:
         web.post("/camserve/models/{model}/explain", explain),
         web.post("/camserve/models/{model}/versions/{version}/explain", explain),
     ]
-

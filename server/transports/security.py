@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +38,32 @@ class SecurityOptions:
             raise ValueError(f"{token_file} is empty")
         return cls(tls_cert, tls_key, client_ca, token or None)
 
+    def authorized(self, sent: bytes) -> bool:
+        """Whether an Authorization header's bytes (gRPC metadata or HTTP) carry the
+        token; always, when no token is asked for."""
+        return not self.token or hmac.compare_digest(sent, f"Bearer {self.token}".encode())
+
     def credentials(self) -> grpc.ServerCredentials | None:
+        """gRPC's TLS."""
         if not self.tls_cert:
             return None
         pair = (Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())
         ca = Path(self.client_ca).read_bytes() if self.client_ca else None
         return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """HTTP's TLS, from the same files."""
+        if not self.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.client_ca:
+            context.load_verify_locations(self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [BearerToken(self.token)] if self.token else []
+        return [BearerToken(self)] if self.token else []
 
 
 def _deny(handler):
@@ -67,14 +85,14 @@ def _deny(handler):
 
 
 class BearerToken(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
+    def __init__(self, security: SecurityOptions):
+        self.security = security
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
         sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(sent.encode() if isinstance(sent, str) else sent, self.expected):
+        if self.security.authorized(sent.encode() if isinstance(sent, str) else sent):
             return handler
         return _deny(handler)

@@ -1,4 +1,5 @@
-"""KServe v2 / Open Inference Protocol on the same port and the same batchers.
+"""KServe v2 / Open Inference Protocol: its messages <-> the pipeline, for gRPC
+(grpc/kserve.py) and HTTP (http/kserve.py) alike.
 
 Tensors as in the exported signature: inputs `images` (UINT8 [N,H,W,3]) or
 `image_bytes` (BYTES [N], encoded images), optional `class_index` and `method`
@@ -26,30 +27,20 @@ import numpy as np
 
 import camserve
 from camserve.kserve import grpc_predict_v2_pb2 as kpb
-from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
-from .batcher import PREDICT
-from .decode import decode_encoded, decode_raw
-from .errors import RequestError, abort, invalid
-from .handler import Handler, all_or_none, check_targets, deadline, encoded_is_cheap, fit, raw_is_cheap
-from .models import Registry, ServedModel
-from .options import Limits
-from .streams import completion_order
+from ..models.registry import Registry, version_number
+from ..pipeline.batcher import PREDICT
+from ..pipeline.deadlines import all_or_none, deadline
+from ..pipeline.errors import RequestError, invalid
+from ..pipeline.explain import Pipeline
+from ..pipeline.images import decode_encoded, decode_raw, encoded_is_cheap, fit, raw_is_cheap
+from ..pipeline.limits import Limits
+from ..pipeline.model import Model
+from ..pipeline.targets import check_targets
 from .tensors import INLINE_TYPED_VALUES, decode_inputs, encode_output, typed_values
 
 OUTPUTS = ("logits", "probabilities", "class_index", "heatmap", "heatmap_scale")
 INT_TYPES = ("INT32", "INT64")
-
-
-def version_number(text: str) -> int:
-    """A KServe version string as a version number; "" (and "0"): the latest. ASCII digits
-    only (isdigit() alone takes "²", which int() refuses, and "１"), and within int64, as
-    the native API's version: anything else is no version, refused on every transport."""
-    if not text:
-        return 0
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) >= 2**63:
-        raise invalid(f"model_version {text!r} is not a version number")
-    return int(text)
 
 
 def _request_parameters(request) -> float:
@@ -84,34 +75,30 @@ def _per_image(tensors: dict, name: str, n: int, default: int, kinds: str = "i")
     return values.reshape(n).tolist()
 
 
-class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, registry: Registry, handler: Handler):
+class KServe:
+    """The protocol's answers as messages; failures raise RequestError."""
+
+    def __init__(self, registry: Registry, pipeline: Pipeline):
         self.registry = registry
-        self.handler = handler
+        self.pipeline = pipeline
 
-    # -- health and metadata -------------------------------------------------
-    async def ServerLive(self, request, context):
-        return kpb.ServerLiveResponse(live=self.registry.live)
-
-    async def ServerReady(self, request, context):
-        return kpb.ServerReadyResponse(ready=self.registry.ready)
-
-    async def ModelReady(self, request, context):
+    def model_ready(self, name: str, version: str) -> bool:
         """Not ready (rather than an error) for a model or version that is not served;
         INVALID_ARGUMENT for a request that names none."""
         try:
-            self.registry.get(request.name, version_number(request.version))
+            self.registry.get(name, version_number(version))
         except RequestError as err:
             if err.code == grpc.StatusCode.INVALID_ARGUMENT:
-                await context.abort(err.code, err.message)
-            return kpb.ModelReadyResponse(ready=False)
-        return kpb.ModelReadyResponse(ready=self.registry.ready)
+                raise
+            return False
+        return self.registry.process.ready
 
-    async def ServerMetadata(self, request, context):
+    @staticmethod
+    def server_metadata() -> kpb.ServerMetadataResponse:
         return kpb.ServerMetadataResponse(name="camserve", version=camserve.__version__, extensions=["statistics"])
 
-    async def ModelMetadata(self, request, context):
-        model = await self._model(request.name, request.version, context)
+    def model_metadata(self, name: str, version: str) -> kpb.ModelMetadataResponse:
+        model = self.registry.get(name, version_number(version))
         h, w = model.metadata["feature_size"]
         return kpb.ModelMetadataResponse(
             name=model.name,
@@ -127,8 +114,8 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             ],
         )
 
-    async def ModelConfig(self, request, context):
-        model = await self._model(request.name, request.version, context, ready=False)
+    def model_config(self, name: str, version: str) -> kpb.ModelConfigResponse:
+        model = self.registry.get(name, version_number(version), serving=False)
         h, w = model.metadata["feature_size"]
         options = model.batcher.options
         fp32, int32 = kpb.TYPE_FP32, kpb.TYPE_INT32
@@ -150,7 +137,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
                 ],
                 dynamic_batching=kpb.ModelDynamicBatching(
                     preferred_batch_size=list(model.batcher.ladder),
-                    max_queue_delay_microseconds=int(options.batch_timeout * 1e6),
+                    max_queue_delay_microseconds=int(options.batch_wait * 1e6),
                 ),
                 parameters={
                     name: kpb.ModelParameter(string_value=value)
@@ -171,39 +158,19 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             )
         )
 
-    async def ModelStatistics(self, request, context):
-        if request.name:
-            models = [await self._model(request.name, request.version, context, ready=False)]
-        else:
-            models = self.registry.all()
+    def model_statistics(self, name: str, version: str) -> kpb.ModelStatisticsResponse:
+        models = [self.registry.get(name, version_number(version), serving=False)] if name else self.registry.all()
         return kpb.ModelStatisticsResponse(model_stats=[self._statistics(m) for m in models])
-
-    # -- inference -------------------------------------------------------------
-    async def ModelInfer(self, request, context):
-        try:
-            return await self.infer(request, context, "kserve")
-        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
-
-    async def ModelStreamInfer(self, request_iterator, context):
-        async def infer_one(request):
-            return kpb.ModelStreamInferResponse(infer_response=await self.infer(request, context, "kserve_stream"))
-
-        def failed(request, failure):
-            response = kpb.ModelInferResponse(model_name=request.model_name, id=request.id)
-            return kpb.ModelStreamInferResponse(error_message=f"{failure.code.name}: {failure.message}", infer_response=response)
-
-        async for response in completion_order(request_iterator, infer_one, failed, self.handler.limits.stream_window):
-            yield response
 
     async def infer(self, request, context, api: str) -> kpb.ModelInferResponse:
         received = time.monotonic()
-        with self.handler.accounted(api, context) as call:
+        pipeline = self.pipeline
+        with pipeline.calls.accounted(api, context) as call:
             call.model = model = self.registry.get(request.model_name, version_number(request.model_version))
             # Typed contents cost ~0.1 us a value to convert: many of them, off the loop.
             inline = typed_values(request) <= INLINE_TYPED_VALUES
-            tensors = image_inputs(model, request, self.handler.limits) if inline else await self.handler.on_pool(
-                functools.partial(image_inputs, model, request, self.handler.limits)
+            tensors = image_inputs(model, request, pipeline.limits) if inline else await pipeline.on_pool(
+                functools.partial(image_inputs, model, request, pipeline.limits)
             )
             wanted = [o.name for o in request.outputs] or list(OUTPUTS)
             unknown = [name for name in wanted if name not in OUTPUTS]
@@ -212,35 +179,25 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
             images, class_index, method = tensors
             if not {"heatmap", "heatmap_scale"} & set(wanted):  # no map asked for: the predict signature
                 method = [PREDICT] * len(images)
-            until = deadline(context, received, _request_parameters(request), self.handler.limits.default_timeout_s)
+            until = deadline(context, received, _request_parameters(request), pipeline.limits.default_timeout_s)
             with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
-                runs = [self.handler.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
-                # One image (the common case) needs no tasks of its own; a failed image
-                # cancels its siblings, and admission ends only once they have ended.
-                answers = [await runs[0]] if len(runs) == 1 else await all_or_none(runs)
-            results = [(found[0], extra) for found, extra in answers]
-            call.queue_s = max(result.queue_s for result, _ in results)
+                if isinstance(images, np.ndarray):
+                    result = await pipeline.run_block(model, admission, images, np.array(class_index, np.int32), np.array(method, np.int32), until)
+                    outputs, call.queue_s = result.outputs, result.queue_s
+                else:
+                    runs = [pipeline.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
+                    # One image (the common case) needs no tasks of its own; a failed image
+                    # cancels its siblings, and admission ends only once they have ended.
+                    results = [found[0] for found, _ in ([await runs[0]] if len(runs) == 1 else await all_or_none(runs))]
+                    outputs = {name: np.stack([r.outputs[name] for r in results]) for name in wanted}
+                    call.queue_s = max(r.queue_s for r in results)
             response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
             for name in wanted:
-                tensor = response.outputs.add(name=name)
-                rows = [result.outputs[name] for result, _ in results]
-                stacked = rows[0][np.newaxis] if len(rows) == 1 else np.stack(rows)
-                response.raw_output_contents.append(encode_output(tensor, stacked))
+                response.raw_output_contents.append(encode_output(response.outputs.add(name=name), outputs[name]))
             return response
 
-    async def _model(self, name: str, version: str, context, ready: bool = True) -> ServedModel:
-        try:
-            if ready:
-                return self.registry.get(name, version_number(version))
-            model = self.registry.find(name, version_number(version))
-            if model is None:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version or 'latest'} is not served here")
-            return model
-        except RequestError as err:
-            await context.abort(err.code, err.message)
-
     @staticmethod
-    def _statistics(model: ServedModel) -> kpb.ModelStatistics:
+    def _statistics(model)  -> kpb.ModelStatistics:
         s = model.stats
 
         def duration(d):
@@ -272,8 +229,10 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         )
 
 
-def image_inputs(model: ServedModel, request, limits: Limits):
-    """([(prepare function, inline)] per image, class indices, method codes), all validated."""
+def image_inputs(model: Model, request, limits: Limits):
+    """(images, class indices, method codes), all validated; the images are an array
+    [N,H,W,3] when already at the model's size, else [(prepare function, inline)]
+    per image, for the decode pool."""
     tensors = decode_inputs(request)
     known = {"images", "image_bytes", "class_index", "method", "counterfactual", "layer"}
     if set(tensors) - known:
@@ -281,13 +240,17 @@ def image_inputs(model: ServedModel, request, limits: Limits):
     if ("images" in tensors) == ("image_bytes" in tensors):
         raise invalid("send exactly one of `images` (UINT8 [N,H,W,3]) and `image_bytes` (BYTES [N])")
     limit = model.batcher.options.max_enqueued
+    block = None
     if "images" in tensors:
         images = tensors["images"]
         if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 2, 3, 4):
             raise invalid("input 'images' must be UINT8 [N,H,W,3] (1, 2 or 4 channels also accepted)")
         n, h, w, c = images.shape
-        inline = n == 1 and raw_is_cheap(h, w, model)  # at most one image a request on the event loop
-        pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, limits.max_pixels, limits.background) for image in images]
+        if (h, w, c) == (model.height, model.width, 3):  # already what the model takes: no decoding, one block
+            block = images
+        else:
+            inline = n == 1 and raw_is_cheap(h, w, model)  # at most one image a request on the event loop
+            pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, limits.max_pixels, limits.background) for image in images]
     else:
         blobs = tensors["image_bytes"]
         if not isinstance(blobs, list):
@@ -302,5 +265,7 @@ def image_inputs(model: ServedModel, request, limits: Limits):
     counterfactual = [bool(flag) for flag in _per_image(tensors, "counterfactual", n, 0, kinds="ib")]
     layer = _per_image(tensors, "layer", n, 0)
     method = check_targets(model, class_index, method, counterfactual, layer)
+    if block is not None:
+        return block, class_index, method
     return [(functools.partial(fit, p, model), inline) for p in pixels], class_index, method
 

@@ -1,26 +1,22 @@
-"""The models a server holds: each version is a repository entry loaded as a
-SavedModel, warmed up at every batch size of its ladder, and fed by its own
-batcher; the registry says which version a request runs on."""
+"""A served model: one version of a repository entry loaded as a SavedModel,
+warmed up at every batch size of its ladder, and fed by its own batcher. The
+only module of the request's way that imports TensorFlow."""
 
 from __future__ import annotations
 
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import tensorflow as tf
 
 from camserve.export import repository
 
-from . import phase
-from .batcher import PREDICT, Batcher
-from .errors import RequestError
-from .model_config import ModelConfig
-from .statistics import ModelStats
+from ..pipeline.batcher import PREDICT, Batcher
+from ..pipeline.statistics import ModelStats
+from .config import ModelConfig
 
 log = logging.getLogger("camserve.models")
 
@@ -106,79 +102,3 @@ class ServedModel:
 
     def close(self):
         self._executor.shutdown(wait=True)
-
-
-LOADING, AVAILABLE, UNAVAILABLE, END = "LOADING", "AVAILABLE", "UNAVAILABLE", "END"
-STATES = (LOADING, AVAILABLE, UNAVAILABLE, END)
-
-
-@dataclass
-class VersionState:
-    """One of STATES, as in TF Serving; UNAVAILABLE carries the reason."""
-
-    state: str
-    reason: str = ""
-
-
-class Registry:
-    """Every loaded version of every model; requests get the newest version
-    unless they name one. A version enters only once it is warmed up.
-    `states` also knows the versions that are loading, refused or retired."""
-
-    def __init__(self):
-        self.versions: dict[str, dict[int, ServedModel]] = {}
-        self.states: dict[tuple[str, int], VersionState] = {}
-        self.phase = phase.STARTING  # the server's, kept here where requests look it up
-        self.crashed: BaseException | None = None  # a batcher died: not ready, not live
-
-    @property
-    def ready(self) -> bool:
-        return self.phase == phase.SERVING and self.crashed is None
-
-    @property
-    def live(self) -> bool:
-        return self.crashed is None
-
-    def all(self) -> list[ServedModel]:
-        return [m for name in sorted(self.versions) for _, m in sorted(self.versions[name].items())]
-
-    def add(self, model: ServedModel):
-        self.versions.setdefault(model.name, {})[model.version] = model
-
-    def remove(self, model: ServedModel):
-        """Takes `model` out, unless a newer load of the same version replaced it."""
-        loaded = self.versions.get(model.name, {})
-        if loaded.get(model.version) is model:
-            del loaded[model.version]
-            if not loaded:
-                del self.versions[model.name]
-
-    def find(self, name: str, version: int = 0) -> ServedModel | None:
-        """The named version, or the newest loaded one; None when there is none."""
-        loaded = self.versions.get(name) or {}
-        if version:
-            return loaded.get(version)
-        return loaded[max(loaded)] if loaded else None
-
-    def get(self, name: str, version: int = 0) -> ServedModel:
-        """The model a request runs on, or the status that says why there is none."""
-        if self.phase == phase.STOPPING:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
-        if not name and len(self.versions) == 1:
-            name = next(iter(self.versions))
-        if name not in self.versions and self.phase == phase.STARTING:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its models")
-        known = ", ".join(sorted(self.versions)) or "none"
-        if not name:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"name the model: this server serves {known}")
-        model = self.find(name, version)
-        if model is not None:
-            return model
-        states = {v: s for (n, v), s in self.states.items() if n == name and (v == version or not version)}
-        if any(s.state == LOADING for s in states.values()):
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} is loading; retry shortly")
-        why = "".join(f"; version {v} is {s.state}{': ' + s.reason if s.reason else ''}" for v, s in sorted(states.items()))
-        if name in self.versions:
-            loaded = ", ".join(map(str, sorted(self.versions[name])))
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not loaded (loaded: {loaded}){why}")
-        raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {known}){why}")

@@ -35,7 +35,6 @@ import pickle
 import shutil
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
@@ -43,47 +42,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import cpus
+from .link import GO, LENGTH, WARM
 from .logs import configure_logging
 
 log = logging.getLogger("camserve.workers")
 
-WARM, GO = b"W", b"G"
-LENGTH = struct.Struct("!I")  # prefixes the pickled options, the link's first message
 STATE_PREFIX = "camserve-supervisor-"
 RESTART_BACKOFF, MAX_RESTART_BACKOFF = 1.0, 30.0
 STEADY_S = 60.0  # a worker that lived this long restarts without backoff
 
-
-class Link:
-    """A worker's end of its socket pair to the supervisor."""
-
-    def __init__(self, fd: int, index: int):
-        self.socket = socket.socket(fileno=fd)
-        self.index = index
-        # Only the supervisor holds the other end of the pair, so its pickle is trusted.
-        self.options = pickle.loads(self._receive(LENGTH.unpack(self._receive(LENGTH.size))[0]))
-        self.socket.setblocking(False)
-
-    def _receive(self, size: int) -> bytes:
-        """Blocking, before there is an event loop. Fewer bytes than asked mean the
-        supervisor has gone (a signal that cuts MSG_WAITALL short ends this process:
-        none is handled yet)."""
-        data = self.socket.recv(size, socket.MSG_WAITALL)
-        if len(data) < size:
-            raise EOFError("the supervisor closed the link before sending the options")
-        return data
-
-    async def warm(self) -> bool:
-        """Say this worker is warm; True once the supervisor says to listen, False
-        if it has gone."""
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(self.socket, WARM)
-        return await loop.sock_recv(self.socket, 1) == GO
-
-    async def closed(self):
-        """Returns when the supervisor has gone (its end of the pair closed)."""
-        while await asyncio.get_running_loop().sock_recv(self.socket, 1):
-            pass
 
 
 @dataclass
@@ -153,7 +120,7 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "camserve.server.workers", str(index), str(theirs.fileno()),
+            sys.executable, "-m", "camserve.server.worker", str(index), str(theirs.fileno()),
             pass_fds=(theirs.fileno(),),
         )
         theirs.close()
@@ -237,16 +204,3 @@ def supervise(options, count: int) -> int:
         return asyncio.run(supervisor.run())
     finally:
         shutil.rmtree(supervisor.state, ignore_errors=True)
-
-
-def main(argv: list[str]) -> int:
-    """A worker: `python -m camserve.server.workers INDEX FD`, its options sent over FD."""
-    index, fd = argv
-    link = Link(int(fd), int(index))
-    from .app import serve
-
-    return serve(link.options, link)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

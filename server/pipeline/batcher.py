@@ -2,7 +2,7 @@
 
 Policy: when the device is free, the oldest waiting request starts a batch at
 once, unless more requests are still being decoded; then the batch waits for
-them up to `batch_timeout` after its first request, or until `max_batch_size`.
+them up to `batch_wait` after its first request, or until `max_batch_size`.
 So a lone request on an idle server never waits, and while a batch runs, the
 requests that arrive meanwhile form the next one. Batches are padded to the
 smallest of `allowed_batch_sizes` that fits, so XLA only ever sees shapes that
@@ -15,6 +15,12 @@ On a GPU a second batch may be in flight while the first runs
 (`batches_in_flight` 2: its inputs are copied while the other computes); on
 a CPU one batch at a time is fastest, and requests that arrive meanwhile
 form the next batch.
+
+An item is a block of images (KServe's [N,H,W,3] tensor travels as one): the
+batcher takes whole blocks while they fit, splits the one that does not fill
+the batch's last places (its rest leads the next batch), and answers an item
+once all its rows have run, with one future and array slices. Sizes above
+count images, not items.
 
 A batch holds requests of one kind: all want a heatmap (the model's explain
 signature), or none does (PREDICT: its predict signature, at the cost of a
@@ -60,7 +66,9 @@ def _count(value) -> bool:
 @dataclass(frozen=True)
 class BatchingOptions:
     max_batch_size: int = 32
-    batch_timeout: float = 0.005  # seconds
+    # Seconds the next batch waits for requests already admitted and still being decoded:
+    # it never waits for requests that have not arrived (TF Serving's batch_timeout_micros does).
+    batch_wait: float = 0.005
     max_enqueued: int = 256
     allowed_batch_sizes: tuple[int, ...] = ()  # empty: powers of two up to max_batch_size
 
@@ -69,8 +77,8 @@ class BatchingOptions:
         stall the batcher at its first request)."""
         if not _count(self.max_batch_size):
             raise ValueError(f"max batch size must be at least 1, got {self.max_batch_size!r}")
-        if not self.batch_timeout >= 0:
-            raise ValueError(f"batch timeout must be 0 or more, got {self.batch_timeout!r}")
+        if not self.batch_wait >= 0:
+            raise ValueError(f"batch wait must be 0 or more, got {self.batch_wait!r}")
         if not _count(self.max_enqueued):
             raise ValueError(f"max enqueued must be at least 1, got {self.max_enqueued!r}")
         if not all(_count(size) for size in self.allowed_batch_sizes):
@@ -90,22 +98,42 @@ class BatchingOptions:
         return tuple(sizes)
 
 
-@dataclass
+@dataclass(eq=False)
 class Item:
-    image: np.ndarray  # [H,W,3] uint8 at the model's input size
-    class_index: int
-    method: int
+    images: np.ndarray  # [k,H,W,3] uint8 at the model's input size
+    class_index: np.ndarray  # [k] int32
+    method: np.ndarray  # [k] int32, all PREDICT or none
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    taken: int = 0  # rows handed to batches so far
+    answered: int = 0  # rows whose outputs are in
+    outputs: dict | None = None  # [k, ...] per output, filled as its rows run
+
+    @property
+    def rows(self) -> int:
+        return len(self.images)
+
+    @property
+    def predict(self) -> bool:
+        return bool(self.method[0] == PREDICT)
 
 
 @dataclass
 class Result:
-    outputs: dict  # this item's row of every output
+    outputs: dict  # the item's rows of every output, [k, ...]
     queue_s: float
     compute_s: float
     batch_size: int
+
+
+@dataclass(eq=False)
+class Slice:
+    """Rows start:stop of an item, in one batch."""
+
+    item: Item
+    start: int
+    stop: int
 
 
 RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
@@ -117,10 +145,11 @@ class Admission:
     def __init__(self, batcher: Batcher, count: int):
         self.batcher, self.left = batcher, count
 
-    def decoded(self):
-        if self.left:
-            self.left -= 1
-            self.batcher._decoded()
+    def decoded(self, count: int = 1):
+        count = min(count, self.left)
+        if count:
+            self.left -= count
+            self.batcher._decoded(count)
 
     def __enter__(self):
         return self
@@ -151,13 +180,14 @@ class Batcher:
         self.metrics = metrics
         self.name = name
         self.queue: deque[Item] = deque()
-        self.incoming = 0  # requests accepted and still being decoded
+        self.queued = 0  # rows in the queue not yet taken
+        self.incoming = 0  # images accepted and still being decoded
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
         self.crashed: BaseException | None = None
         self._reported = False
-        self._running: list[list[Item]] = []  # batches on the device
+        self._running: list[list[Slice]] = []  # batches on the device
         self.on_crash: Callable[[BaseException], None] | None = None
         self.idle = asyncio.Event()  # nothing queued and no batch running
         self.idle.set()
@@ -172,26 +202,27 @@ class Batcher:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} cannot run requests (its batcher stopped); retry on another replica")
         if self._closed:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} version was retired; retry")
-        if self.incoming + len(self.queue) + count > self.options.max_enqueued:
+        if self.incoming + self.queued + count > self.options.max_enqueued:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model {self.name!r} has {self.incoming + len(self.queue)} requests admitted (max_enqueued "
+                f"model {self.name!r} has {self.incoming + self.queued} images admitted (max_enqueued "
                 f"{self.options.max_enqueued}); retry later",
             )
         self.incoming += count
         return Admission(self, count)
 
-    def _decoded(self):
-        self.incoming -= 1
+    def _decoded(self, count: int):
+        self.incoming -= count
         self._wakeup.set()
 
     def submit(self, item: Item):
-        """An admitted request joins the queue."""
+        """An admitted block joins the queue."""
         if self.crashed is not None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} cannot run requests (its batcher stopped); retry on another replica")
         if self._closed:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {self.name!r} version was retired; retry")
         self.queue.append(item)
+        self.queued += item.rows
         self.idle.clear()
         self._observe_depth()
         self._wakeup.set()
@@ -209,7 +240,7 @@ class Batcher:
         self.crashed = self.crashed or task.exception()
         log.critical("the batcher of %s stopped: %r; failing health", self.name, self.crashed, exc_info=self.crashed)
         while self.queue:  # a batch's own callers were answered by _run_on_device
-            self._fail(self.queue.popleft(), self.crashed)
+            self._fail(self._pop(), self.crashed)
         if not self._running:  # nothing will run here again: retiring and draining need not wait
             self.idle.set()
         if self.on_crash:
@@ -229,7 +260,7 @@ class Batcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         while self.queue:
-            self._unloaded(self.queue.popleft())
+            self._unloaded(self._pop())
 
     @staticmethod
     def _unloaded(item: Item):
@@ -263,9 +294,9 @@ class Batcher:
             if not self.queue and not self._running:
                 self.idle.set()
             await self._wait_for(lambda: bool(self.queue), None)
-            if len(self.queue) < self.options.max_batch_size and self.incoming:
-                flush_at = self.queue[0].enqueued + self.options.batch_timeout
-                await self._wait_for(lambda: len(self.queue) >= self.options.max_batch_size or self.incoming == 0, flush_at)
+            if self.queued < self.options.max_batch_size and self.incoming:
+                flush_at = self.queue[0].enqueued + self.options.batch_wait
+                await self._wait_for(lambda: self.queued >= self.options.max_batch_size or self.incoming == 0, flush_at)
             batch = self._take()
             if not batch:
                 self._device_slots.release()
@@ -276,17 +307,17 @@ class Batcher:
             task.add_done_callback(self._batches.discard)
             task.add_done_callback(self._supervise)
 
-    async def _run_on_device(self, batch: list[Item]):
+    async def _run_on_device(self, batch: list[Slice]):
         try:
             await self._run(batch)
         except BaseException as err:  # what _run lets through kills this task: answer its callers first
             if isinstance(err, asyncio.CancelledError):  # stop(): the model is going away
-                for item in batch:
-                    self._unloaded(item)
+                for part in batch:
+                    self._unloaded(part.item)
             else:
                 self.crashed = self.crashed or err  # before the slot frees: no further batch starts
-                for item in batch:
-                    self._fail(item, err)
+                for part in batch:
+                    self._fail(part.item, err)
             raise
         finally:
             self._running.remove(batch)
@@ -294,74 +325,109 @@ class Batcher:
             if not self.queue and not self._running:
                 self.idle.set()
 
-    def _take(self) -> list[Item]:
-        """The oldest live requests of the oldest one's kind, up to max_batch_size;
-        requests of the other kind go back to the front of the queue, in order."""
+    def _pop(self) -> Item:
+        item = self.queue.popleft()
+        self.queued -= item.rows - item.taken
+        return item
+
+    def _take(self) -> list[Slice]:
+        """The oldest live requests of the oldest one's kind, up to max_batch_size
+        rows, the last block split to fit; requests of the other kind go back to
+        the front of the queue, in order."""
         now = time.monotonic()
-        taken, other = [], []
-        while self.queue and len(taken) < self.options.max_batch_size:
-            item = self.queue.popleft()
-            if item.future.done():  # cancelled by the caller or the deadline
+        taken, other, room = [], [], self.options.max_batch_size
+        while self.queue and room:
+            item = self.queue[0]
+            if item.future.done():  # cancelled by the caller, the deadline, or a failed part
+                self._pop()
                 self._drop(item, "deadline" if item.deadline and now >= item.deadline else "cancelled")
             elif item.deadline is not None and now >= item.deadline:
+                self._pop()
                 item.future.set_exception(
                     RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while the request was queued")
                 )
                 self._drop(item, "deadline")
-            elif taken and (item.method == PREDICT) != (taken[0].method == PREDICT):
-                other.append(item)
+            elif taken and item.predict != taken[0].item.predict:
+                other.append(self._pop())
             else:
-                taken.append(item)
-        self.queue.extendleft(reversed(other))
+                rows = min(room, item.rows - item.taken)
+                taken.append(Slice(item, item.taken, item.taken + rows))
+                item.taken += rows
+                self.queued -= rows
+                room -= rows
+                if item.taken == item.rows:
+                    self.queue.popleft()
+        for item in reversed(other):
+            self.queue.appendleft(item)
+            self.queued += item.rows - item.taken
         self._observe_depth()
         return taken
 
     def _padded_size(self, n: int) -> int:
         return next(size for size in self.ladder if size >= n)
 
-    async def _run(self, batch: list[Item]):
+    async def _run(self, batch: list[Slice]):
         try:
             await self._execute(batch)
             return
         except Exception as err:  # noqa: BLE001 - one request's trouble must not fail its batch-mates
             self._failed(err, len(batch))
             if len(batch) == 1:
-                self._fail(batch[0], err)
+                self._fail(batch[0].item, err)
                 return
             last = err
         in_a_row = 0
-        for i, item in enumerate(batch):
+        for i, part in enumerate(batch):
             if in_a_row == SOLO_FAILURES:
                 log.error("model %s fails alone too; failing the %d other requests of the batch", self.name, len(batch) - i)
                 for rest in batch[i:]:
-                    self._fail(rest, last)
+                    self._fail(rest.item, last)
                 return
+            if part.item.future.done():  # another part of its block failed
+                continue
             try:
-                await self._execute([item])
+                await self._execute([part])
                 in_a_row = 0
             except Exception as solo:  # noqa: BLE001 - this request alone fails: only it does
                 self._failed(solo, 1)
-                self._fail(item, solo)
+                self._fail(part.item, solo)
                 last, in_a_row = solo, in_a_row + 1
 
-    async def _execute(self, batch: list[Item]):
-        """Runs one padded batch and answers its requests; raises what the model run raised."""
-        size = self._padded_size(len(batch))
-        images = np.zeros((size, *batch[0].image.shape), np.uint8)
-        class_index = np.full(size, -1, np.int32)
-        method = np.full(size, PREDICT if batch[0].method == PREDICT else 0, np.int32)  # padding of the batch's kind
-        for i, item in enumerate(batch):
-            images[i], class_index[i], method[i] = item.image, item.class_index, item.method
+    async def _execute(self, batch: list[Slice]):
+        """Runs one padded batch and answers the requests it completes; raises what
+        the model run raised."""
+        rows = sum(part.stop - part.start for part in batch)
+        size = self._padded_size(rows)
+        first = batch[0].item
+        if len(batch) == 1 and rows == size and first.rows == size:  # one whole block that fills the batch: as it is
+            images, class_index, method = first.images, first.class_index, first.method
+        else:
+            padding = size - rows
+            kind = PREDICT if first.predict else 0  # padding of the batch's kind
+            images = np.concatenate([*(p.item.images[p.start : p.stop] for p in batch), np.zeros((padding, *first.images.shape[1:]), np.uint8)])
+            class_index = np.concatenate([*(p.item.class_index[p.start : p.stop] for p in batch), np.full(padding, -1, np.int32)])
+            method = np.concatenate([*(p.item.method[p.start : p.stop] for p in batch), np.full(padding, kind, np.int32)])
         started = time.monotonic()
         outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, images, class_index, method)
         compute_s = time.monotonic() - started
-        self.stats.batch(len(batch), compute_s)
+        self.stats.batch(rows, compute_s)
         if self.metrics:
-            self.metrics.observe_batch(self.name, len(batch), size, compute_s, "predict" if batch[0].method == PREDICT else "explain")
-        for i, item in enumerate(batch):
+            self.metrics.observe_batch(self.name, rows, size, compute_s, "predict" if first.predict else "explain")
+        offset = 0
+        for part in batch:
+            item, count = part.item, part.stop - part.start
             if not item.future.done():
-                row = {name: value[i] for name, value in outputs.items()}
-                item.future.set_result(Result(row, started - item.enqueued, compute_s, len(batch)))
+                if count == item.rows:  # the whole block in this batch: views of the outputs
+                    item.outputs = {name: value[offset : offset + count] for name, value in outputs.items()}
+                else:
+                    if item.outputs is None:
+                        item.outputs = {name: np.empty((item.rows, *value.shape[1:]), value.dtype) for name, value in outputs.items()}
+                    for name, value in outputs.items():
+                        item.outputs[name][part.start : part.stop] = value[offset : offset + count]
+                item.answered += count
+                if item.answered == item.rows:
+                    item.future.set_result(Result(item.outputs, started - item.enqueued, compute_s, rows))
+            offset += count
 
     def _failed(self, err: Exception, requests: int):
         log.error("model %s: a batch of %d failed: %s: %s", self.name, requests, type(err).__name__, (str(err).splitlines() or [""])[0][:300])
@@ -384,4 +450,4 @@ class Batcher:
 
     def _observe_depth(self):
         if self.metrics:
-            self.metrics.queue_depth(self.name, len(self.queue))
+            self.metrics.queue_depth(self.name, self.queued)

@@ -2,7 +2,7 @@
 
 Each pass, for every model (the repository's folders or the --model names,
 and any model still loaded whose folder has gone):
-- its config.json is read again when it changed (model_config.py); a bad file
+- its config.json is read again when it changed (config.py); a bad file
   keeps the last good configuration, and versions loaded under an older
   configuration are loaded again under the new one and swapped;
 - the versions present, minus those refused for their current contents, go
@@ -31,9 +31,10 @@ from pathlib import Path
 
 from camserve.export import repository
 
-from . import model_config
-from .model_config import ConfigError, ModelConfig
-from .models import AVAILABLE, END, LOADING, STATES, UNAVAILABLE, Registry, ServedModel, VersionState
+from . import config as model_config
+from .config import ConfigError, ModelConfig
+from .registry import AVAILABLE, END, LOADING, STATES, UNAVAILABLE, Registry, VersionState
+from .served import ServedModel
 
 log = logging.getLogger("camserve.lifecycle")
 

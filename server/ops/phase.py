@@ -1,5 +1,5 @@
 """The server's lifecycle, in one place. Health, readiness and admission all
-read it from here (Registry.phase), and only the app moves it forward:
+read it from the process's one Phase, and only the app moves it forward:
 
     STARTING  listening, models loading: calls get UNAVAILABLE, health NOT_SERVING
     SERVING   health SERVING
@@ -8,3 +8,17 @@ read it from here (Registry.phase), and only the app moves it forward:
 """
 
 STARTING, SERVING, DRAINING, STOPPING = "STARTING", "SERVING", "DRAINING", "STOPPING"
+
+
+class Phase:
+    def __init__(self):
+        self.current = STARTING
+        self.crashed: BaseException | None = None  # a batcher died: not ready, not live
+
+    @property
+    def ready(self) -> bool:
+        return self.current == SERVING and self.crashed is None
+
+    @property
+    def live(self) -> bool:
+        return self.crashed is None

@@ -1,0 +1,133 @@
+"""One image, top to bottom, for every API: model -> options -> bytes to pixels
+(decode pool) -> batch -> Explained, which each API turns into its wire format.
+Everything a caller can get wrong is checked before the image joins a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from camserve import geometry
+
+from .batcher import PREDICT, Item, Result
+from .calls import Calls
+from .deadlines import all_or_none, by, deadline
+from .images import Encoded, Raw, decode, fit, is_cheap
+from .limits import Limits
+from .model import Model, Models
+from .targets import ExplainOptions, Prepared, check_response_size, prepare
+
+
+@dataclass
+class Explained:
+    """One image's answer: the first result answers, and with top_k_maps every
+    result adds a class map."""
+
+    prepared: Prepared
+    results: list[Result]
+    region: geometry.Region  # where the model's input lies on the image
+    image_size: tuple[int, int]  # the decoded image's (height, width)
+    received: float  # time.monotonic() when the call arrived
+
+    @property
+    def model(self) -> Model:
+        return self.prepared.model
+
+    def heatmap(self, result: Result) -> tuple[np.ndarray, geometry.Region]:
+        """A result's map and where it lies, at the image's size when asked."""
+        values, region = result.outputs["heatmap"], self.region
+        if self.prepared.options.original_size:
+            height, width = self.image_size
+            values = geometry.heatmap_to_image(values, region, width, height)
+            region = geometry.Region(0.0, 0.0, float(width), float(height))
+        return values, region
+
+
+def _row(result: Result) -> Result:
+    """A one-image block's result as that image's row of every output."""
+    return Result({name: value[0] for name, value in result.outputs.items()}, result.queue_s, result.compute_s, result.batch_size)
+
+
+class Pipeline:
+    def __init__(self, models: Models, executor: Executor, limits: Limits, metrics=None):
+        self.models = models
+        self.executor = executor
+        self.limits = limits
+        self.calls = Calls(metrics)
+
+    async def on_pool(self, work):
+        """work() on the decode pool. Cancelled, work that has not started leaves the
+        pool's queue; work that has started runs to its end before the cancellation
+        goes on, so the call (and its admission) counts it until it really ends."""
+        job = self.executor.submit(work)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if not job.cancel():
+                await asyncio.wait([asyncio.wrap_future(job)])
+            raise
+
+    async def run_image(self, model: Model, admission, prepare, inline: bool, targets: list[tuple[int, int]], until: float | None):
+        """For an image admitted to the model's batcher once per target: prepare() ->
+        (canvas, extra) runs on the decode pool while the model may be busy, or right
+        here when it is cheap (`inline`: the thread hop would cost more than the
+        work); then the canvas joins a batch once per (class_index, method code).
+        Returns ([Result per target], extra)."""
+        loop = asyncio.get_running_loop()
+        try:
+            canvas, extra = prepare() if inline else await self.on_pool(prepare)
+        finally:
+            for _ in targets:
+                admission.decoded()
+        futures = []
+        for class_index, method in targets:
+            futures.append(loop.create_future())
+            block = Item(canvas[np.newaxis], np.array([class_index], np.int32), np.array([method], np.int32), until, futures[-1])
+            model.batcher.submit(block)
+        if len(futures) == 1:
+            return [_row(await by(until, futures[0]))], extra
+        return [_row(found) for found in await all_or_none([by(until, future) for future in futures])], extra
+
+    async def run_block(self, model: Model, admission, images: np.ndarray, class_index: np.ndarray, method: np.ndarray, until: float | None) -> Result:
+        """Images already at the model's size ([N,H,W,3] uint8), admitted together, as
+        one item: one future, and the outputs as arrays [N, ...]."""
+        admission.decoded(len(images))
+        future = asyncio.get_running_loop().create_future()
+        model.batcher.submit(Item(images, class_index, method, until, future))
+        return await by(until, future)
+
+    def _pixels(self, image: Encoded | Raw, prepared: Prepared) -> np.ndarray:
+        options = prepared.options
+        background = self.limits.background if options.background is None else options.background
+        pixels = decode(image, self.limits.max_pixels, background)
+        if options.original_size and prepared.method != PREDICT:
+            check_response_size(prepared, pixels.shape[0] * pixels.shape[1], self.limits.max_response_bytes)
+        return pixels
+
+    async def explain(self, name: str, version: int, image: Encoded | Raw, options: ExplainOptions, context, api: str, respond, heavy=False):
+        """respond(Explained) -> the API's answer, run on the decode pool when `heavy`
+        (rendering, a map resized to a large image) or when the map is asked at the
+        image's size, inside the call so that its work is counted and drained."""
+        received = time.monotonic()
+        with self.calls.accounted(api, context) as call:
+            call.model = model = self.models.get(name, version)
+            prepared = prepare(model, options, self.limits.max_response_bytes)
+            with model.batcher.admit(len(prepared.targets)) as admission:
+                results, (region, original) = await self.run_image(
+                    model,
+                    admission,
+                    functools.partial(fit, functools.partial(self._pixels, image, prepared), model, options.resize),
+                    is_cheap(image, model),
+                    prepared.targets,
+                    deadline(context, received, options.timeout_ms, self.limits.default_timeout_s),
+                )
+            call.queue_s = max(result.queue_s for result in results)
+            explained = Explained(prepared, results, region, original, received)
+            if heavy or (options.original_size and prepared.method != PREDICT):
+                return await self.on_pool(lambda: respond(explained))
+            return respond(explained)

@@ -1,0 +1,61 @@
+"""The camserve.v1 gRPC service: its messages to the pipeline and back
+(../native.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from camserve.v1 import camserve_pb2 as pb
+from camserve.v1 import camserve_pb2_grpc as pb_grpc
+
+from ...models.registry import Registry
+from ...pipeline.errors import abort, invalid
+from ...pipeline.explain import Pipeline
+from ...pipeline.streams import answered, completion_order
+from .. import native
+
+
+class CamServeService(pb_grpc.CamServeServicer):
+    def __init__(self, registry: Registry, pipeline: Pipeline):
+        self.registry = registry
+        self.pipeline = pipeline
+
+    async def explain(self, request: pb.ExplainRequest, context, api: str) -> pb.ExplainResponse:
+        return await self.pipeline.explain(
+            request.model, request.version, native.image(request.image), native.options(request), context, api,
+            functools.partial(native.response, request.id),
+        )
+
+    async def Explain(self, request, context):
+        try:
+            return await self.explain(request, context, "native")
+        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
+            await abort(context, err)
+
+    async def ExplainStream(self, request_iterator, context):
+        """Responses in completion order, each tagged with its request's id; a bad
+        request answers with `error` and the stream goes on."""
+        explain = functools.partial(self.explain, context=context, api="native_stream")
+        async for response in completion_order(request_iterator, explain, native.failed, self.pipeline.limits.stream_window):
+            yield response
+
+    async def ExplainMany(self, request, context):
+        try:
+            window = self.pipeline.limits.stream_window
+            if not 1 <= len(request.requests) <= window:
+                raise invalid(f"ExplainMany carries 1 to {window} requests (the stream window); this one has {len(request.requests)}")
+            explain = functools.partial(self.explain, context=context, api="native_many")
+            responses = await asyncio.gather(*(answered(explain, r, native.failed) for r in request.requests))
+            return pb.ExplainManyResponse(responses=responses)
+        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
+            await abort(context, err)
+
+    async def ListModels(self, request, context):
+        return native.list_models(self.registry)
+
+    async def GetModel(self, request, context):
+        try:
+            return native.get_model(self.registry, request.model, request.version)
+        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
+            await abort(context, err)
