@@ -1,4 +1,5 @@
-# Everything runs inside .venv, created on first use from the pinned pyproject.toml.
+# Everything runs inside .venv, created on first use from the pinned pyproject.toml: `.[test]`
+# is all of it (the server and plots extras, grpcio-tools for `make proto`, the test tools).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
