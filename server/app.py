@@ -32,6 +32,7 @@ from .ops.link import Link
 from .ops.phase import Phase
 from .ops.logs import configure_logging
 from .ops.metrics import Metrics
+from .ops.observer import Observer
 from .options import ServerOptions
 from .pipeline.explain import Pipeline
 from .transports.grpc.call_limit import CallLimit
@@ -58,7 +59,8 @@ class Server:
         self.health = health_aio.HealthServicer()
         self.cpus = cpus.available()
         self.decoders = ThreadPoolExecutor(options.decode_threads or self.cpus, thread_name_prefix="decode")
-        self.pipeline = Pipeline(self.registry, self.decoders, options.limits, self.metrics)
+        self.observer = Observer(self.metrics)
+        self.pipeline = Pipeline(self.registry, self.decoders, options.limits, self.observer)
         self.stopping = asyncio.Event()
         self._background: set[asyncio.Task] = set()  # tasks nothing awaits: referenced so they are not collected
         limit = options.max_message_bytes
@@ -157,7 +159,7 @@ class Server:
 
         threads = configure_threads(opts.intra_op_threads or self.cpus, opts.inter_op_threads or self.cpus)
         log.info("%d CPU(s) usable; %d decode threads; TensorFlow %s", self.cpus, self.decoders._max_workers, threads)
-        self.manager = ModelManager(opts.repo, opts.models, opts.model_defaults, self.registry, select_device(), self.metrics)
+        self.manager = ModelManager(opts.repo, opts.models, opts.model_defaults, self.registry, select_device(), self.observer)
         self.manager.on_crash = self._on_crash
         loader = asyncio.create_task(self._start())
         stop = asyncio.create_task(self.stopping.wait())

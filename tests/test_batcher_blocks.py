@@ -12,9 +12,10 @@ import grpc
 import numpy as np
 import pytest
 
+from camserve.server.models.statistics import ModelStats
+from camserve.server.ops.observer import ModelObserver
 from camserve.server.pipeline.batcher import PREDICT, Batcher, BatchingOptions, Item
 from camserve.server.pipeline.errors import RequestError
-from camserve.server.pipeline.statistics import ModelStats
 
 
 def _block(loop, first: int, count: int, method: int = 0, deadline=None) -> Item:
@@ -41,7 +42,7 @@ def _run(scenario, run_batch=None, **options):
         return {"value": images[:, 0, 0, 0].astype(np.float32), "method": method.copy()}
 
     async def main():
-        batcher = Batcher(record, BatchingOptions(**options), ThreadPoolExecutor(1), ModelStats(), name="m")
+        batcher = Batcher(record, BatchingOptions(**options), ThreadPoolExecutor(1), ModelObserver("m", ModelStats()), name="m")
         batcher.start()
         try:
             return await scenario(batcher, asyncio.get_running_loop())

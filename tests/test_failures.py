@@ -128,7 +128,8 @@ def test_a_dead_batcher_is_reported_and_refuses_new_work():
     """The batcher's own loop dying (not a model error) is supervised."""
     from camserve.server.pipeline.batcher import Batcher, BatchingOptions, Item
     from camserve.server.pipeline.errors import RequestError
-    from camserve.server.pipeline.statistics import ModelStats
+    from camserve.server.models.statistics import ModelStats
+    from camserve.server.ops.observer import ModelObserver
 
     class Fatal(BaseException):
         pass
@@ -138,7 +139,7 @@ def test_a_dead_batcher_is_reported_and_refuses_new_work():
 
     async def scenario():
         crashed = []
-        batcher = Batcher(run_batch, BatchingOptions(max_batch_size=2), ThreadPoolExecutor(1), ModelStats(), name="m")
+        batcher = Batcher(run_batch, BatchingOptions(max_batch_size=2), ThreadPoolExecutor(1), ModelObserver("m", ModelStats()), name="m")
         batcher.on_crash = crashed.append
         batcher.start()
         loop = asyncio.get_running_loop()
@@ -162,7 +163,8 @@ def test_batches_in_flight_on_the_device(in_flight):
     batches run at once than allowed, and every request is answered with its own row."""
 
     from camserve.server.pipeline.batcher import Batcher, BatchingOptions, Item
-    from camserve.server.pipeline.statistics import ModelStats
+    from camserve.server.models.statistics import ModelStats
+    from camserve.server.ops.observer import ModelObserver
 
     running, most, lock = [0], [0], threading.Lock()
 
@@ -176,7 +178,7 @@ def test_batches_in_flight_on_the_device(in_flight):
         return {"value": images[:, 0, 0, 0].astype(np.float32)}
 
     async def scenario():
-        batcher = Batcher(run_batch, BatchingOptions(max_batch_size=2), ThreadPoolExecutor(in_flight), ModelStats(), batches_in_flight=in_flight)
+        batcher = Batcher(run_batch, BatchingOptions(max_batch_size=2), ThreadPoolExecutor(in_flight), ModelObserver("m", ModelStats()), batches_in_flight=in_flight)
         batcher.start()
         loop = asyncio.get_running_loop()
         futures = []
@@ -215,9 +217,10 @@ def test_an_export_without_ranks_or_counterfactuals_says_to_re_export(poisoned_s
 
 def _batcher(run_batch, size: int = 2):
     from camserve.server.pipeline.batcher import Batcher, BatchingOptions
-    from camserve.server.pipeline.statistics import ModelStats
+    from camserve.server.models.statistics import ModelStats
+    from camserve.server.ops.observer import ModelObserver
 
-    return Batcher(run_batch, BatchingOptions(max_batch_size=size), ThreadPoolExecutor(1), ModelStats(), name="m")
+    return Batcher(run_batch, BatchingOptions(max_batch_size=size), ThreadPoolExecutor(1), ModelObserver("m", ModelStats()), name="m")
 
 
 def _item(loop):
@@ -291,6 +294,7 @@ def test_closing_the_models_does_not_block_the_event_loop(tmp_path):
     from camserve.server.models.lifecycle import ModelManager
     from camserve.server.models.config import ModelConfig
     from camserve.server.models.registry import Registry
+    from camserve.server.ops.observer import Observer
 
     class Model:  # what close() touches of a ServedModel: its batcher and its threads
         name, version = "m", 1
@@ -313,7 +317,7 @@ def test_closing_the_models_does_not_block_the_event_loop(tmp_path):
                 ticks += 1
 
         ticker = asyncio.create_task(tick())
-        await ModelManager(tmp_path, None, ModelConfig(), registry, "/CPU:0").close()
+        await ModelManager(tmp_path, None, ModelConfig(), registry, "/CPU:0", Observer()).close()
         ticker.cancel()
         return ticks
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from camserve.export import repository
 
+from ..ops.observer import Observer
 from . import config as model_config
 from .config import ConfigError, ModelConfig
 from .registry import AVAILABLE, END, LOADING, STATES, UNAVAILABLE, Registry, VersionState
@@ -68,13 +69,13 @@ class _Config:
 
 
 class ModelManager:
-    def __init__(self, repo: Path, names, defaults: ModelConfig, registry: Registry, device: str, metrics=None):
+    def __init__(self, repo: Path, names, defaults: ModelConfig, registry: Registry, device: str, observer: Observer):
         self.repo = Path(repo)
         self.names = names
         self.defaults = defaults
         self.registry = registry
         self.device = device
-        self.metrics = metrics
+        self.observer = observer
         self.refused: dict[tuple[str, int], Refusal] = {}
         self._configs: dict[str, _Config] = {}
         self._empty: dict[str, int] = {}
@@ -170,7 +171,7 @@ class ModelManager:
         try:
             log.info("loading %s version %d from %s", name, version, path)
             # Loading and XLA compiles block for seconds: off the event loop, so calls go on meanwhile.
-            model = await loop.run_in_executor(None, ServedModel, path, self.device, config, self.metrics)
+            model = await loop.run_in_executor(None, ServedModel, path, self.device, config, self.observer)
             await loop.run_in_executor(None, model.warm_up, log.info)
         except Exception as err:  # noqa: BLE001 - any broken artifact is refused, never served
             backoff = self.refused[(name, version)].backoff * 2 if (name, version) in self.refused else RETRY_BACKOFF
@@ -215,8 +216,7 @@ class ModelManager:
             return
         self.registry.states[(name, version)] = new
         log.info("%s version %d: %s%s", name, version, state, f" ({reason})" if reason else "")
-        if self.metrics:
-            self.metrics.version_state(name, version, state, STATES)
+        self.observer.version_state(name, version, state, STATES)
 
     async def watch(self, interval: float):
         while True:

@@ -14,9 +14,10 @@ import tensorflow as tf
 
 from camserve.export import repository
 
+from ..ops.observer import Observer
 from ..pipeline.batcher import PREDICT, Batcher
-from ..pipeline.statistics import ModelStats
 from .config import ModelConfig
+from .statistics import ModelStats
 
 log = logging.getLogger("camserve.models")
 
@@ -31,7 +32,7 @@ def ranked_classes(logits: np.ndarray, class_index: np.ndarray) -> np.ndarray:
 
 
 class ServedModel:
-    def __init__(self, path: Path, device: str, config: ModelConfig, metrics=None):
+    def __init__(self, path: Path, device: str, config: ModelConfig, observer: Observer):
         self.path = Path(path)
         self.config = config
         self.metadata = repository.read_metadata(path)
@@ -69,7 +70,8 @@ class ServedModel:
             # A SavedModel written by hand may lack `predict`: its predict-only requests run explain.
             self._explain, self._predict = signatures["serving_default"], signatures.get("predict")
         self.stats = ModelStats()
-        self.batcher = Batcher(self.run_batch, config.batching, self._executor, self.stats, metrics, self.name, in_flight)
+        self.observer = observer.model(self.name, self.stats)
+        self.batcher = Batcher(self.run_batch, config.batching, self._executor, self.observer, self.name, in_flight)
 
     def run_batch(self, images: np.ndarray, class_index: np.ndarray, method: np.ndarray) -> dict:
         """One batch of one kind (batcher.py): explain, or for PREDICT rows the predict

@@ -50,7 +50,6 @@ import grpc
 import numpy as np
 
 from .errors import RequestError
-from .statistics import ModelStats
 
 log = logging.getLogger("camserve.batcher")
 
@@ -165,19 +164,17 @@ class Batcher:
         run_batch: RunBatch,
         options: BatchingOptions,
         executor: Executor,
-        stats: ModelStats,
-        metrics=None,
+        observer,  # ops/observer.py's ModelObserver: the metrics and the model's statistics
         name="",
         batches_in_flight: int = 1,  # the executor needs as many threads
     ):
         self.run_batch = run_batch
         self._device_slots = asyncio.Semaphore(batches_in_flight)
         self._batches: set[asyncio.Task] = set()
-        self.stats = stats
         self.options = options
         self.ladder = options.ladder()
         self.executor = executor
-        self.metrics = metrics
+        self.observer = observer
         self.name = name
         self.queue: deque[Item] = deque()
         self.queued = 0  # rows in the queue not yet taken
@@ -410,9 +407,7 @@ class Batcher:
         started = time.monotonic()
         outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, images, class_index, method)
         compute_s = time.monotonic() - started
-        self.stats.batch(rows, compute_s)
-        if self.metrics:
-            self.metrics.observe_batch(self.name, rows, size, compute_s, "predict" if first.predict else "explain")
+        self.observer.batch(rows, size, compute_s, "predict" if first.predict else "explain")
         offset = 0
         for part in batch:
             item, count = part.item, part.stop - part.start
@@ -431,8 +426,7 @@ class Batcher:
 
     def _failed(self, err: Exception, requests: int):
         log.error("model %s: a batch of %d failed: %s: %s", self.name, requests, type(err).__name__, (str(err).splitlines() or [""])[0][:300])
-        if self.metrics:
-            self.metrics.batch_failed(self.name, type(err).__name__)
+        self.observer.batch_failed(type(err).__name__)
 
     def _fail(self, item: Item, err: BaseException):
         """INTERNAL with an id the log line carries in full; TensorFlow's text stays in the log."""
@@ -445,9 +439,7 @@ class Batcher:
         )
 
     def _drop(self, item: Item, reason: str):
-        if self.metrics:
-            self.metrics.dropped(self.name, reason)
+        self.observer.dropped(reason)
 
     def _observe_depth(self):
-        if self.metrics:
-            self.metrics.queue_depth(self.name, self.queued)
+        self.observer.queue_depth(self.queued)

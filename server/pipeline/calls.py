@@ -1,5 +1,5 @@
 """Calls in flight, counted by outcome when they end: the drain waits for them,
-the metrics and each model's statistics count them."""
+the observer reports them (the metrics and each model's statistics)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ class Accounted:
 
 
 class Calls:
-    def __init__(self, metrics=None):
-        self.metrics = metrics
+    def __init__(self, observer):
+        self.observer = observer
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -59,17 +59,12 @@ class Calls:
     def _started(self):
         self.in_flight += 1
         self._idle.clear()
-        if self.metrics:
-            self.metrics.in_flight.set(self.in_flight)
+        self.observer.in_flight(self.in_flight)
 
     def _finished(self, call: Accounted, code: grpc.StatusCode):
         self.in_flight -= 1
         if not self.in_flight:
             self._idle.set()
-        seconds = time.monotonic() - call.received
-        if self.metrics:
-            self.metrics.in_flight.set(self.in_flight)
-            # Only served names become metric labels: callers' typos must not grow the label set.
-            self.metrics.finished(call.model.name if call.model else "unknown", call.api, code.name, seconds, call.queue_s)
-        if call.model:
-            call.model.stats.request(code == grpc.StatusCode.OK, seconds, call.queue_s)
+        self.observer.in_flight(self.in_flight)
+        model = call.model.observer if call.model else None
+        self.observer.finished(model, call.api, code.name, time.monotonic() - call.received, call.queue_s)

@@ -54,11 +54,11 @@ def _row(result: Result) -> Result:
 
 
 class Pipeline:
-    def __init__(self, models: Models, executor: Executor, limits: Limits, metrics=None):
+    def __init__(self, models: Models, executor: Executor, limits: Limits, observer):
         self.models = models
         self.executor = executor
         self.limits = limits
-        self.calls = Calls(metrics)
+        self.calls = Calls(observer)
 
     async def on_pool(self, work):
         """work() on the decode pool. Cancelled, work that has not started leaves the

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from .batcher import Batcher
-from .statistics import ModelStats
 
 
 class Model(Protocol):
@@ -28,7 +27,7 @@ class Model(Protocol):
     layer_code: int | None
     map_size: tuple[int, int]
     batcher: Batcher
-    stats: ModelStats
+    observer: object  # ops/observer.py's ModelObserver
 
 
 class Models(Protocol):
