@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from camserve.client import AsyncClient, Client
+from camserve.client import AsyncClient, Client, messages
 from camserve.export.methods import CAM_NAMES as METHOD_NAMES
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
@@ -299,6 +299,28 @@ def test_explain_many_answers_in_order_with_in_band_errors(server, client, in_pr
     with pytest.raises(grpc.RpcError) as err:
         client.explain_many(images, per_call=9)  # the server's window is 8
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "1 to 8 requests" in err.value.details()
+
+
+def test_explain_many_at_the_model_size_travels_as_blocks(server, client, in_process):
+    """ExplainMany's raw images at the model's size that ask the same travel as one
+    block: two blocks here (two classes asked), which share a batch with a request
+    of another size (fitted on its own); every request is counted, and each answer
+    is its own image's, as the SavedModel gives it."""
+    images = reference.smooth_images(7, SIZE, seed=61)
+    larger = reference.smooth_images(1, 2 * SIZE, seed=62)[0]
+    before = server.metric("camserve_requests_total", api="native_many", code="OK")
+    with Client(server.target, model="tiny") as each:
+        sent = [messages.request_message(image, messages.request_options(model="tiny", return_scores=True), str(i)) for i, image in enumerate(images[:4])]
+        sent += [messages.request_message(image, messages.request_options(model="tiny", class_index=1, return_scores=True), str(i + 4)) for i, image in enumerate(images[4:])]
+        sent.append(messages.request_message(larger, messages.request_options(model="tiny", return_scores=True), "7"))
+        answers = each.stub.ExplainMany(pb.ExplainManyRequest(requests=sent), timeout=30).responses
+    assert [a.id for a in answers] == [str(i) for i in range(8)] and all(a.error.code == 0 for a in answers)
+    assert {a.timing.batch_size for a in answers} == {8}, "the two blocks and the fitted image share one batch"
+    assert server.metric("camserve_requests_total", api="native_many", code="OK") - before == 8
+    top, second = local(in_process, images[:4]), local(in_process, images[4:], class_index=1)
+    for i, answer in enumerate(answers[:7]):
+        assert_same(messages.explanation(answer), *((top, i) if i < 4 else (second, i - 4)))
+    assert answers[7].image_width == 2 * SIZE and answers[7].explained.index == int(np.argmax(answers[7].logits))
 
 
 # Which class a map explains: top_k_maps, classes by rank, counterfactual maps.

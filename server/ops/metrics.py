@@ -103,9 +103,12 @@ class Metrics:
     def queue_depth(self, model: str, depth: int):
         self._child(self.depth, model).set(depth)
 
-    def finished(self, model: str, api: str, code: str, latency_s: float, queue_s: float | None):
-        self._child(self.worker_calls, self.worker).inc()
-        self._child(self.requests, model, api, code).inc()
-        self._child(self.latency, model, api).observe(latency_s)
-        if queue_s is not None:
-            self._child(self.queue_time, model).observe(queue_s)
+    def finished(self, model: str, api: str, code: str, latency_s: float, queue_s: float | None, requests: int = 1):
+        """`requests` requests that ended together (a block of ExplainMany's), each counted."""
+        self._child(self.worker_calls, self.worker).inc(requests)
+        self._child(self.requests, model, api, code).inc(requests)
+        latency, queue = self._child(self.latency, model, api), self._child(self.queue_time, model) if queue_s is not None else None
+        for _ in range(requests):
+            latency.observe(latency_s)
+            if queue:
+                queue.observe(queue_s)

@@ -14,10 +14,11 @@ class ModelObserver:
     def __init__(self, name: str, stats, metrics=None):
         self.name, self.stats, self.metrics = name, stats, metrics
 
-    def finished(self, api: str, code: str, seconds: float, queue_s: float | None):
-        self.stats.request(code == "OK", seconds, queue_s)
+    def finished(self, api: str, code: str, seconds: float, queue_s: float | None, requests: int = 1):
+        for _ in range(requests):
+            self.stats.request(code == "OK", seconds, queue_s)
         if self.metrics:
-            self.metrics.finished(self.name, api, code, seconds, queue_s)
+            self.metrics.finished(self.name, api, code, seconds, queue_s, requests)
 
     def batch(self, images: int, padded: int, compute_s: float, signature: str):
         self.stats.batch(images, compute_s)
@@ -48,13 +49,14 @@ class Observer:
         if self.metrics:
             self.metrics.in_flight.set(calls)
 
-    def finished(self, model: ModelObserver | None, api: str, code: str, seconds: float, queue_s: float | None):
-        """A call's end; `model` None for one that named no served model: only served
-        names become metric labels, so callers' typos do not grow the label set."""
+    def finished(self, model: ModelObserver | None, api: str, code: str, seconds: float, queue_s: float | None, requests: int = 1):
+        """A call's end, answering `requests` requests; `model` None for one that named
+        no served model: only served names become metric labels, so callers' typos do
+        not grow the label set."""
         if model is not None:
-            model.finished(api, code, seconds, queue_s)
+            model.finished(api, code, seconds, queue_s, requests)
         elif self.metrics:
-            self.metrics.finished("unknown", api, code, seconds, queue_s)
+            self.metrics.finished("unknown", api, code, seconds, queue_s, requests)
 
     def version_state(self, model: str, version: int, state: str, states: tuple[str, ...]):
         if self.metrics:

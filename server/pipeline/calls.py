@@ -17,14 +17,15 @@ class Accounted:
     generator context manager per call cost a tenth of a KServe call's time on
     the event loop (benchmarks/README.md)."""
 
-    __slots__ = ("calls", "api", "context", "received", "model", "queue_s")
+    __slots__ = ("calls", "api", "context", "requests", "received", "model", "queue_s", "counted")
 
-    def __init__(self, calls: Calls, api: str, context):
-        self.calls, self.api, self.context = calls, api, context
+    def __init__(self, calls: Calls, api: str, context, requests: int):
+        self.calls, self.api, self.context, self.requests = calls, api, context, requests
         self.received, self.model, self.queue_s = time.monotonic(), None, None
+        self.counted = True  # False: the requests are answered again elsewhere (a block that falls back), counted there
 
     def __enter__(self) -> Accounted:
-        self.calls._started()
+        self.calls._started(self.requests)
         return self
 
     def __exit__(self, kind, err, trace):
@@ -53,18 +54,20 @@ class Calls:
         """Once no call is in flight."""
         await self._idle.wait()
 
-    def accounted(self, api: str, context=None) -> Accounted:
-        return Accounted(self, api, context)
+    def accounted(self, api: str, context=None, requests: int = 1) -> Accounted:
+        """`requests`: how many requests this call answers (a block of ExplainMany's)."""
+        return Accounted(self, api, context, requests)
 
-    def _started(self):
-        self.in_flight += 1
+    def _started(self, requests: int):
+        self.in_flight += requests
         self._idle.clear()
         self.observer.in_flight(self.in_flight)
 
     def _finished(self, call: Accounted, code: grpc.StatusCode):
-        self.in_flight -= 1
+        self.in_flight -= call.requests
         if not self.in_flight:
             self._idle.set()
         self.observer.in_flight(self.in_flight)
-        model = call.model.observer if call.model else None
-        self.observer.finished(model, call.api, code.name, time.monotonic() - call.received, call.queue_s)
+        if call.counted:
+            model = call.model.observer if call.model else None
+            self.observer.finished(model, call.api, code.name, time.monotonic() - call.received, call.queue_s, call.requests)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
 from camserve import geometry
@@ -17,6 +19,7 @@ from camserve import geometry
 from .batcher import PREDICT, Item, Result
 from .calls import Calls
 from .deadlines import all_or_none, by, deadline
+from .errors import RequestError, as_request_error
 from .images import Encoded, Raw, decode, fit, is_cheap
 from .limits import Limits
 from .model import Model, Models
@@ -48,9 +51,19 @@ class Explained:
         return values, region
 
 
-def _row(result: Result) -> Result:
+@dataclass(frozen=True)
+class Job:
+    """One request of several asked together (ExplainMany)."""
+
+    name: str
+    version: int
+    image: Encoded | Raw
+    options: ExplainOptions
+
+
+def _row(result: Result, i: int = 0) -> Result:
     """A one-image block's result as that image's row of every output."""
-    return Result({name: value[0] for name, value in result.outputs.items()}, result.queue_s, result.compute_s, result.batch_size)
+    return Result({name: value[i] for name, value in result.outputs.items()}, result.queue_s, result.compute_s, result.batch_size)
 
 
 class Pipeline:
@@ -131,3 +144,71 @@ class Pipeline:
             if heavy or (options.original_size and prepared.method != PREDICT):
                 return await self.on_pool(lambda: respond(explained))
             return respond(explained)
+
+    async def explain_many(self, jobs: list[Job], context, api: str, respond: Callable, failed: Callable) -> list:
+        """Several requests asked together, each answered on its own: respond(i, Explained)
+        or failed(i, RequestError) for job i, in order. Images already at their model's
+        size that ask the same of the same model, one map at the feature map's size,
+        travel as one block (one admission, one item, the rows of one result); the
+        others, and a block's requests when the block is refused for room or fails on
+        the model (each then fails alone, or not), run one by one."""
+        blocks: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            image, options = job.image, job.options
+            if isinstance(image, Raw) and image.channels == 3 and options.top_k_maps <= 1 and not options.original_size:
+                blocks.setdefault((job.name, job.version, image.height, image.width, options), []).append(i)
+        blocks = {key: indices for key, indices in blocks.items() if len(indices) > 1}
+        grouped = {i for indices in blocks.values() for i in indices}
+        alone = [i for i in range(len(jobs)) if i not in grouped]
+        answers: list = [None] * len(jobs)
+
+        async def one(i: int):
+            job = jobs[i]
+            try:
+                answers[i] = await self.explain(job.name, job.version, job.image, job.options, context, api, functools.partial(respond, i))
+            except Exception as err:  # noqa: BLE001 - one request's failure is its own answer
+                answers[i] = failed(i, as_request_error(err))
+
+        async def block(indices: list[int]):
+            try:
+                for i, explained in zip(indices, await self._block([jobs[i] for i in indices], context, api)):
+                    answers[i] = respond(i, explained)
+            except _OneByOne:
+                await asyncio.gather(*(one(i) for i in indices))
+            except Exception as err:  # noqa: BLE001 - the block's requests share the failure
+                for i in indices:
+                    answers[i] = failed(i, as_request_error(err))
+
+        await asyncio.gather(*(one(i) for i in alone), *(block(indices) for indices in blocks.values()))
+        return answers
+
+    async def _block(self, jobs: list[Job], context, api: str) -> list[Explained]:
+        first, n = jobs[0], len(jobs)
+        received = time.monotonic()
+        with self.calls.accounted(api, context, requests=n) as call:
+            call.model = model = self.models.get(first.name, first.version)
+            image = first.image
+            if (image.height, image.width) != (model.height, model.width) or any(len(job.image.pixels) != image.height * image.width * 3 for job in jobs):
+                call.counted = False
+                raise _OneByOne  # to be fitted, or refused with each one's own message
+            prepared = prepare(model, first.options, self.limits.max_response_bytes)
+            ((class_index, method),) = prepared.targets
+            images = np.frombuffer(b"".join(job.image.pixels for job in jobs), np.uint8).reshape(n, model.height, model.width, 3)
+            try:
+                with model.batcher.admit(n) as admission:
+                    result = await self.run_block(
+                        model, admission, images, np.full(n, class_index, np.int32), np.full(n, method, np.int32),
+                        deadline(context, received, first.options.timeout_ms, self.limits.default_timeout_s),
+                    )
+            except RequestError as err:
+                if err.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
+                    call.counted = False
+                    raise _OneByOne from None  # room for some of them, or the one the model fails on
+                raise
+            call.queue_s = result.queue_s
+        region = geometry.Region(0.0, 0.0, float(model.width), float(model.height))  # every resize mode: the image itself
+        return [Explained(prepared, [_row(result, i)], region, (model.height, model.width), received) for i in range(n)]
+
+
+class _OneByOne(Exception):
+    """A block whose requests must run one by one."""

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
 from ...models.registry import Registry
-from ...pipeline.errors import abort, invalid
-from ...pipeline.explain import Pipeline
-from ...pipeline.streams import answered, completion_order
+from ...pipeline.errors import RequestError, abort, invalid
+from ...pipeline.explain import Job, Pipeline
+from ...pipeline.streams import completion_order
 from .. import native
 
 
@@ -43,11 +42,24 @@ class CamServeService(pb_grpc.CamServeServicer):
     async def ExplainMany(self, request, context):
         try:
             window = self.pipeline.limits.stream_window
-            if not 1 <= len(request.requests) <= window:
-                raise invalid(f"ExplainMany carries 1 to {window} requests (the stream window); this one has {len(request.requests)}")
-            explain = functools.partial(self.explain, context=context, api="native_many")
-            responses = await asyncio.gather(*(answered(explain, r, native.failed) for r in request.requests))
-            return pb.ExplainManyResponse(responses=responses)
+            requests = request.requests
+            if not 1 <= len(requests) <= window:
+                raise invalid(f"ExplainMany carries 1 to {window} requests (the stream window); this one has {len(requests)}")
+            jobs, answers = [], [None] * len(requests)
+            for i, each in enumerate(requests):
+                try:
+                    jobs.append((i, Job(each.model, each.version, native.image(each.image), native.options(each))))
+                except RequestError as err:  # this request alone is malformed
+                    answers[i] = native.failed(each, err)
+            indices = [i for i, _ in jobs]
+            answered = await self.pipeline.explain_many(
+                [job for _, job in jobs], context, "native_many",
+                lambda k, explained: native.response(requests[indices[k]].id, explained),
+                lambda k, failure: native.failed(requests[indices[k]], failure),
+            )
+            for i, answer in zip(indices, answered):
+                answers[i] = answer
+            return pb.ExplainManyResponse(responses=answers)
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
             await abort(context, err)
 
