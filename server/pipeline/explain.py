@@ -23,6 +23,7 @@ from .errors import RequestError, as_request_error
 from .images import Encoded, Raw, decode, fit, is_cheap
 from .limits import Limits
 from .model import Model, Models
+from .responses import top_k
 from .targets import ExplainOptions, Prepared, check_response_size, prepare
 
 
@@ -36,6 +37,13 @@ class Explained:
     region: geometry.Region  # where the model's input lies on the image
     image_size: tuple[int, int]  # the decoded image's (height, width)
     received: float  # time.monotonic() when the call arrived
+    ranked: np.ndarray | None = None  # the top-k classes, when ranked with a whole block's
+
+    def top_k(self) -> np.ndarray:
+        """The indices of the answer's top-k classes, highest first."""
+        if self.ranked is not None:
+            return self.ranked
+        return top_k(self.results[0].outputs["probabilities"], self.prepared.top_k)
 
     @property
     def model(self) -> Model:
@@ -207,7 +215,9 @@ class Pipeline:
                 raise
             call.queue_s = result.queue_s
         region = geometry.Region(0.0, 0.0, float(model.width), float(model.height))  # every resize mode: the image itself
-        return [Explained(prepared, [_row(result, i)], region, (model.height, model.width), received) for i in range(n)]
+        ranked = top_k(result.outputs["probabilities"], prepared.top_k)  # one argpartition for the block
+        size = (model.height, model.width)
+        return [Explained(prepared, [_row(result, i)], region, size, received, ranked[i]) for i in range(n)]
 
 
 class _OneByOne(Exception):

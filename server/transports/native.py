@@ -16,7 +16,6 @@ from ..pipeline.errors import RequestError, invalid
 from ..pipeline.explain import Explained
 from ..pipeline.images import Encoded, Raw
 from ..pipeline.model import Model
-from ..pipeline.responses import top_k
 from ..pipeline.targets import FLOAT32, NONE, UINT8, ExplainOptions
 
 HEATMAP_TYPES = {pb.HEATMAP_FLOAT32: FLOAT32, pb.HEATMAP_UINT8: UINT8, pb.HEATMAP_NONE: NONE}
@@ -82,7 +81,7 @@ def response(request_id: str, explained: Explained) -> pb.ExplainResponse:
         model=model.name,
         version=model.version,
         explained=_class(model, outputs, int(outputs["class_index"])),
-        top_k=[_class(model, outputs, int(i)) for i in top_k(outputs["probabilities"], prepared.top_k)],
+        top_k=[_class(model, outputs, int(i)) for i in explained.top_k()],
         method=model.methods[prepared.method] if prepared.method != PREDICT else "",
         image_height=explained.image_size[0],
         image_width=explained.image_size[1],

@@ -27,7 +27,6 @@ from ...pipeline.batcher import PREDICT
 from ...pipeline.errors import invalid
 from ...pipeline.explain import Explained, Pipeline
 from ...pipeline.images import Encoded
-from ...pipeline.responses import top_k
 from ...pipeline.targets import FLOAT32, NONE, ExplainOptions
 from .. import native
 from .kserve import as_json
@@ -182,7 +181,7 @@ def render(found: Explained, options: Options, image: bytes, background: int) ->
         "method": found.model.methods[found.prepared.method] if has_map else "",
         "image": {"height": image_size[0], "width": image_size[1]},
         "explained": explained,
-        "top_k": [_class(found, int(i)) for i in top_k(outputs["probabilities"], found.prepared.top_k)],
+        "top_k": [_class(found, int(i)) for i in found.top_k()],
         "heatmap": _encoded_map(found, options, rendered) if has_map else None,
         "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1} if box else None,
         "timing": {
