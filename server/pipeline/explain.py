@@ -122,6 +122,21 @@ class Pipeline:
         model.batcher.submit(Item(images, class_index, method, until, future))
         return await by(until, future)
 
+    async def run_images(self, model: Model, images, class_index: list[int], method: list[int], until: float | None) -> tuple[dict, float]:
+        """One call's N images, admitted all or none before any decoding: an array
+        [N,H,W,3] already at the model's size runs as one block; otherwise `images` is
+        [(prepare, inline)] per image, each decoded and fitted on its own. Returns
+        (every output [N, ...], the longest queue time)."""
+        with model.batcher.admit(len(images)) as admission:
+            if isinstance(images, np.ndarray):
+                result = await self.run_block(model, admission, images, np.array(class_index, np.int32), np.array(method, np.int32), until)
+                return result.outputs, result.queue_s
+            runs = [self.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
+            # One image (the common case) needs no tasks of its own; a failed image
+            # cancels its siblings, and admission ends only once they have ended.
+            results = [found[0] for found, _ in ([await runs[0]] if len(runs) == 1 else await all_or_none(runs))]
+        return {name: np.stack([r.outputs[name] for r in results]) for name in results[0].outputs}, max(r.queue_s for r in results)
+
     def _pixels(self, image: Encoded | Raw, prepared: Prepared) -> np.ndarray:
         options = prepared.options
         background = self.limits.background if options.background is None else options.background

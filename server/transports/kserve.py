@@ -30,7 +30,7 @@ from camserve.kserve import grpc_predict_v2_pb2 as kpb
 
 from ..models.registry import Registry, version_number
 from ..pipeline.batcher import PREDICT
-from ..pipeline.deadlines import all_or_none, deadline
+from ..pipeline.deadlines import deadline
 from ..pipeline.errors import RequestError, invalid
 from ..pipeline.explain import Pipeline
 from ..pipeline.images import decode_encoded, decode_raw, encoded_is_cheap, fit, raw_is_cheap
@@ -180,17 +180,7 @@ class KServe:
             if not {"heatmap", "heatmap_scale"} & set(wanted):  # no map asked for: the predict signature
                 method = [PREDICT] * len(images)
             until = deadline(context, received, _request_parameters(request), pipeline.limits.default_timeout_s)
-            with model.batcher.admit(len(images)) as admission:  # all or none, before any decoding
-                if isinstance(images, np.ndarray):
-                    result = await pipeline.run_block(model, admission, images, np.array(class_index, np.int32), np.array(method, np.int32), until)
-                    outputs, call.queue_s = result.outputs, result.queue_s
-                else:
-                    runs = [pipeline.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
-                    # One image (the common case) needs no tasks of its own; a failed image
-                    # cancels its siblings, and admission ends only once they have ended.
-                    results = [found[0] for found, _ in ([await runs[0]] if len(runs) == 1 else await all_or_none(runs))]
-                    outputs = {name: np.stack([r.outputs[name] for r in results]) for name in wanted}
-                    call.queue_s = max(r.queue_s for r in results)
+            outputs, call.queue_s = await pipeline.run_images(model, images, class_index, method, until)
             response = kpb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
             for name in wanted:
                 response.raw_output_contents.append(encode_output(response.outputs.add(name=name), outputs[name]))
