@@ -93,5 +93,7 @@ def shaped_server(exports, tmp_path_factory):
     from camserve.server.ops.process import serving
 
     log = tmp_path_factory.mktemp("logs") / "shaped_server.log"
-    with serving(repo, log, "--max-batch-size", "8", "--background", f"{SHAPED_BACKGROUND:06X}") as process:
+    # Its tests send one image a call: one batch size to warm up (each is an XLA compile per
+    # signature and model; 1 to 8 was most of this fixture's time).
+    with serving(repo, log, "--max-batch-size", "1", "--background", f"{SHAPED_BACKGROUND:06X}") as process:
         yield process

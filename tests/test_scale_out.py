@@ -16,10 +16,19 @@ from tests import models
 
 
 def test_draining_and_killing_replicas_under_load_fails_no_request(server_repo, tmp_path):
-    replicas = [ServerProcess(server_repo, tmp_path / f"replica{i}.log") for i in range(3)]
+    # Four callers, one call each at a time: no batch exceeds 4. A ladder of 1 and 4 still
+    # drains and loses batches of several calls; each further size is one more XLA compile
+    # in every replica's warm-up (the default ladder, 1 to 32, was most of this test's time).
+    batching = ("--max-batch-size", "4", "--allowed-batch-sizes", "1", "4")
+    replicas = [ServerProcess(server_repo, tmp_path / f"replica{i}.log", *batching) for i in range(3)]
     # 1 MB of raw pixels: four times gRPC's default retry buffer.
     image = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
     outcomes, stop = [], threading.Event()
+
+    def until(condition, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def load(c):
         while not stop.is_set():
@@ -36,13 +45,17 @@ def test_draining_and_killing_replicas_under_load_fails_no_request(server_repo, 
             threads = [threading.Thread(target=load, args=(client,)) for _ in range(4)]
             for t in threads:
                 t.start()
-            time.sleep(1.5)
+            until(lambda: all(r.metric("camserve_requests_total", model="tiny") > 0 for r in replicas))
             spread = [r.metric("camserve_requests_total", model="tiny") for r in replicas]
             replicas[0].process.send_signal(signal.SIGTERM)  # drain: health NOT_SERVING, then refusals
             time.sleep(0.5)
             replicas[1].process.kill()  # no drain, no goodbye
             before_kill = len(outcomes)
-            time.sleep(3.0)
+            # Until the draining replica has gone through its refusals and exited, and the load
+            # has gone on on the survivor well after both are gone.
+            until(lambda: replicas[0].process.poll() is not None)
+            after_drain = len(outcomes)
+            until(lambda: len(outcomes) > max(after_drain, before_kill) + 20)
             stop.set()
             for t in threads:
                 t.join()
