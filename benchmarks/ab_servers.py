@@ -37,8 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from request_path import cores, in_process, native, perf_analyzer, served, tree_cpu_seconds, write_results  # noqa: E402
-from workload import exported, random_images  # noqa: E402
+from request_path import cores, native, perf_analyzer, served, served_model_and_baseline, tree_cpu_seconds, write_results  # noqa: E402
 
 HERE = Path(__file__).parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -115,11 +114,7 @@ def main():
     samples = {(label, load): [] for label in builds for load in args.loads}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        version = exported(args.source, repo, args.source, "none")
-        size = random_images(version, 1)[0].shape[:2]
-        best = in_process(version, size, one_core)
-        best_rate = max(v for k, v in best.items() if k != "latency_ms")
-        print(f"in-process on one of the server's cores: {best}", file=sys.stderr)
+        size, best, best_rate = served_model_and_baseline(args.source, repo, "none", one_core)
         servers = {
             label: ServerProcess(repo, Path(tmp) / f"{label}.log", *args.server_args, prefix=tuple(server_pin), launcher=launcher)
             for label, launcher in builds.items()

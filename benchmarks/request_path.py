@@ -82,6 +82,16 @@ print(json.dumps(best))
 """
 
 
+def served_model_and_baseline(source: str, repo: Path, weights: str, pin: list[str]):
+    """Exports `source` into `repo`; returns (its image size, the best in-process rates
+    on one of the server's cores, the best of them), printing them."""
+    version = exported(source, repo, source, weights)
+    size = random_images(version, 1)[0].shape[:2]
+    best = in_process(version, size, pin)
+    print(f"in-process on one of the server's cores: {best}", file=sys.stderr)
+    return size, best, max(v for k, v in best.items() if k != "latency_ms")
+
+
 def in_process(version_dir: Path, size, pin: list[str]) -> dict:
     out = subprocess.run([*pin, sys.executable, "-c", IN_PROCESS, str(version_dir), str(size[0]), str(size[1])],
                          capture_output=True, text=True, check=True)
@@ -217,11 +227,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        version = exported(args.source, repo, args.source, args.weights)
-        size = random_images(version, 1)[0].shape[:2]
-        best = in_process(version, size, one_core)
-        best_rate = max(v for k, v in best.items() if k != "latency_ms")
-        print(f"in-process on one of the server's cores: {best}", file=sys.stderr)
+        size, best, best_rate = served_model_and_baseline(args.source, repo, args.weights, one_core)
         for workers in args.workers:
             rows += run_server(args, repo, Path(tmp), workers, size, best, best_rate, server_pin, load_pin)
     from camserve.server.models.device import select_device

@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from request_path import cores, in_process, perf_analyzer, tree_cpu_seconds, write_results  # noqa: E402
-from workload import exported, random_images  # noqa: E402
+from request_path import cores, perf_analyzer, served_model_and_baseline, tree_cpu_seconds, write_results  # noqa: E402
 
 
 # The server with KServe.infer answering at once: zeros of the served
@@ -85,11 +84,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        version = exported(args.source, repo, args.source, "none")
-        size = random_images(version, 1)[0].shape[:2]
-        best = in_process(version, size, one_core)
-        best_rate = max(v for k, v in best.items() if k != "latency_ms")
-        print(f"in-process on one of the server's cores: {best}", file=sys.stderr)
+        size, best, best_rate = served_model_and_baseline(args.source, repo, "none", one_core)
         for kind in ("full server", "transport only"):
             launcher = (sys.executable, "-c", CANNED) if kind == "transport only" else None
             server = ServerProcess(repo, Path(tmp) / f"{kind}.log", prefix=tuple(server_pin), launcher=launcher)
