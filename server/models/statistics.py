@@ -30,10 +30,11 @@ class ModelStats:
     last_inference_ms: int = 0
     batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))
 
-    def request(self, ok: bool, seconds: float, queue_s: float | None):
-        (self.success if ok else self.fail).add(seconds)
+    def request(self, ok: bool, seconds: float, queue_s: float | None, count: int = 1):
+        """`count` requests that ended together, each after `seconds`."""
+        (self.success if ok else self.fail).add(seconds * count, count)
         if queue_s is not None:
-            self.queue.add(queue_s)
+            self.queue.add(queue_s * count, count)
 
     def batch(self, requests: int, compute_s: float):
         self.inference_count += requests

@@ -15,8 +15,7 @@ class ModelObserver:
         self.name, self.stats, self.metrics = name, stats, metrics
 
     def finished(self, api: str, code: str, seconds: float, queue_s: float | None, requests: int = 1):
-        for _ in range(requests):
-            self.stats.request(code == "OK", seconds, queue_s)
+        self.stats.request(code == "OK", seconds, queue_s, requests)
         if self.metrics:
             self.metrics.finished(self.name, api, code, seconds, queue_s, requests)
 
