@@ -37,10 +37,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from request_path import cores, native, perf_analyzer, served, served_model_and_baseline, tree_cpu_seconds, write_results  # noqa: E402
+from request_path import (  # noqa: E402
+    cores, native, perf_analyzer, served, served_model_and_baseline, stat_cpu_seconds, tree_cpu_seconds, write_results,
+)
 
 HERE = Path(__file__).parent
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -50,12 +51,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
     kinds = {"event_loop": 0.0, "tensorflow": 0.0, "other": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            name = (task / "comm").read_text().strip()
+            seconds, name = stat_cpu_seconds(task / "stat"), (task / "comm").read_text().strip()
         except OSError:  # the thread ended
             continue
         kind = "event_loop" if task.name == str(pid) else "tensorflow" if name.startswith("tf_") else "other"
-        kinds[kind] += (int(fields[11]) + int(fields[12])) / TICKS
+        kinds[kind] += seconds
     return kinds
 
 

@@ -47,9 +47,14 @@ def cores() -> tuple[list[str], list[str], list[str]]:
     return ["taskset", "-c", server], ["taskset", "-c", str(usable[-1])], ["taskset", "-c", str(usable[0])]
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime of a /proc/.../stat file (a process's or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def tree_cpu_seconds(pid: int) -> float:
