@@ -135,16 +135,18 @@ def _encoded_map(found: Explained, options: Options, rendered: np.ndarray | None
     }
 
 
-def _class(found: Explained, index: int) -> dict:
+def _class(found: Explained, index: int, logit: bool = True) -> dict:
     """A class as the JSON answer names it; index -1 (a class out of range): none."""
     model, outputs = found.model, found.results[0].outputs
     known = index >= 0
-    return {
+    named = {
         "index": index,
         "label": model.classes[index] if model.classes and known else "",
         "probability": float(outputs["probabilities"][index]) if known else 0.0,
-        "logit": float(outputs["logits"][index]) if known else 0.0,
     }
+    if logit:
+        named["logit"] = float(outputs["logits"][index]) if known else 0.0
+    return named
 
 
 def _scaled(box: boxes.Box, to: tuple[int, int], source: tuple[int, int]) -> boxes.Box:
@@ -173,14 +175,12 @@ def render(found: Explained, options: Options, image: bytes, background: int) ->
             drawn = boxes.draw(drawn, drawn_box)
         return web.Response(body=_png(drawn), content_type="image/png")
     outputs = result.outputs
-    explained = _class(found, int(outputs["class_index"]))
-    del explained["logit"]
     document = {
         "model": found.model.name,
         "version": found.model.version,
         "method": found.model.methods[found.prepared.method] if has_map else "",
         "image": {"height": image_size[0], "width": image_size[1]},
-        "explained": explained,
+        "explained": _class(found, int(outputs["class_index"]), logit=False),
         "top_k": [_class(found, int(i)) for i in found.top_k()],
         "heatmap": _encoded_map(found, options, rendered) if has_map else None,
         "box": {"x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1} if box else None,
