@@ -11,7 +11,8 @@ import sys
 EXTRAS = {
     "server": (
         "the server's dependencies",
-        ("tensorflow", "keras", "h5py", "ml_dtypes", "grpc_health", "grpc_reflection", "prometheus_client", "aiohttp"),
+        ("tensorflow", "keras", "h5py", "ml_dtypes", "grpc_health", "grpc_reflection", "prometheus_client", "aiohttp",
+         "tensorflow_serving"),
     ),
     "plots": ("matplotlib for its plots", ("matplotlib",)),
 }
