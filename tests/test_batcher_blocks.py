@@ -14,7 +14,7 @@ import pytest
 
 from camserve.server.models.statistics import ModelStats
 from camserve.server.ops.observer import ModelObserver
-from camserve.server.pipeline.batcher import PREDICT, Batcher, BatchingOptions, Item
+from camserve.server.pipeline.batcher import MODEL, PREDICT, Batcher, BatchingOptions, Item
 from camserve.server.pipeline.errors import RequestError
 
 
@@ -32,11 +32,13 @@ def _together(batcher: Batcher, items):
             admission.decoded(item.rows)
 
 
-def _run(scenario, run_batch=None, **options):
+def _run(scenario, run_batch=None, contracts=None, **options):
     batches = []
+    contracts = [] if contracts is None else contracts
 
-    def record(images, class_index, method):
+    def record(images, class_index, method, contract):
         batches.append((images[:, 0, 0, 0].tolist(), method.tolist()))
+        contracts.append((contract, images.dtype))
         if run_batch:
             run_batch(images)
         return {"value": images[:, 0, 0, 0].astype(np.float32), "method": method.copy()}
@@ -86,6 +88,25 @@ def test_a_whole_block_that_fills_the_batch_runs_as_it_is():
 
     item, _ = _run(scenario, run_batch=seen.append, max_batch_size=4)
     assert seen[0] is item.images, "no copy of a block that is a batch already"
+
+
+def test_a_batch_never_mixes_input_contracts_and_pads_with_its_own_dtype():
+    """The model's own float input (export --input-contract model) and camserve's uint8
+    images run through different signatures: never in one batch."""
+    contracts = []
+
+    async def scenario(batcher, loop):
+        images = _block(loop, 0, 2)
+        tensors = _block(loop, 10, 2)
+        tensors = Item(tensors.images.astype(np.float32), tensors.class_index, tensors.method, None, tensors.future, contract=MODEL)
+        more_images = _block(loop, 20, 1)
+        _together(batcher, [images, tensors, more_images])
+        return [await item.future for item in (images, tensors, more_images)]
+
+    results, batches = _run(scenario, contracts=contracts, max_batch_size=4)
+    assert [r.outputs["value"].tolist() for r in results] == [[0, 1], [10, 11], [20]]
+    assert [rows for rows, _ in batches] == [[0, 1, 20, 0], [10, 11]]
+    assert contracts == [("images", np.uint8), ("model", np.float32)]
 
 
 def test_admission_counts_images_not_calls():

@@ -134,7 +134,7 @@ def test_a_dead_batcher_is_reported_and_refuses_new_work():
     class Fatal(BaseException):
         pass
 
-    def run_batch(images, class_index, method):
+    def run_batch(images, class_index, method, contract):
         raise Fatal("the batcher loop cannot survive this")
 
     async def scenario():
@@ -168,7 +168,7 @@ def test_batches_in_flight_on_the_device(in_flight):
 
     running, most, lock = [0], [0], threading.Lock()
 
-    def run_batch(images, class_index, method):
+    def run_batch(images, class_index, method, contract):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -242,7 +242,7 @@ def test_a_crashed_batcher_is_idle_so_retiring_and_draining_end():
     class Fatal(BaseException):
         pass
 
-    def run_batch(images, class_index, method):
+    def run_batch(images, class_index, method, contract):
         raise Fatal("the batcher loop cannot survive this")
 
     async def scenario():
@@ -266,7 +266,7 @@ def test_stopping_a_batcher_answers_the_batch_it_was_running():
 
     running, release = threading.Event(), threading.Event()
 
-    def run_batch(images, class_index, method):
+    def run_batch(images, class_index, method, contract):
         running.set()
         release.wait(10)
         return {"logits": np.zeros((len(images), 2), np.float32)}

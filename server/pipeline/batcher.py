@@ -24,8 +24,10 @@ count images, not items.
 
 A batch holds requests of one kind: all want a heatmap (the model's explain
 signature), or none does (PREDICT: its predict signature, at the cost of a
-plain prediction). The oldest request picks the kind; the others keep their
-places for the next batch, so neither kind pays for the other's work.
+plain prediction); and all send camserve's uint8 images or all the model's own
+input tensor (IMAGES or MODEL, the input contract: export --input-contract).
+The oldest request picks the kind; the others keep their places for the next
+batch, so neither kind pays for the other's work.
 
 A failed batch is logged and counted, and its requests run again one at a time
 so that one bad request does not fail its batch-mates; after SOLO_FAILURES
@@ -55,6 +57,7 @@ log = logging.getLogger("camserve.batcher")
 
 SOLO_FAILURES = 2
 PREDICT = -1  # Item.method of a request that wants no heatmap
+IMAGES, MODEL = "images", "model"  # Item.contract: camserve's uint8 RGB, or the model's own input tensor
 
 
 def _count(value) -> bool:
@@ -99,11 +102,12 @@ class BatchingOptions:
 
 @dataclass(eq=False)
 class Item:
-    images: np.ndarray  # [k,H,W,3] uint8 at the model's input size
+    images: np.ndarray  # [k,H,W,3] uint8 at the model's input size; MODEL: the model's input [k,H,W,C]
     class_index: np.ndarray  # [k] int32
     method: np.ndarray  # [k] int32, all PREDICT or none
     deadline: float | None  # time.monotonic() seconds
     future: asyncio.Future
+    contract: str = IMAGES
     enqueued: float = field(default_factory=time.monotonic)
     taken: int = 0  # rows handed to batches so far
     answered: int = 0  # rows whose outputs are in
@@ -116,6 +120,11 @@ class Item:
     @property
     def predict(self) -> bool:
         return bool(self.method[0] == PREDICT)
+
+    @property
+    def kind(self) -> tuple[str, bool]:
+        """What a batch's requests share."""
+        return self.contract, self.predict
 
 
 @dataclass
@@ -135,7 +144,7 @@ class Slice:
     stop: int
 
 
-RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
+RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray, str], dict]  # images, class_index, method, contract
 
 
 class Admission:
@@ -344,7 +353,7 @@ class Batcher:
                     RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while the request was queued")
                 )
                 self._drop(item, "deadline")
-            elif taken and item.predict != taken[0].item.predict:
+            elif taken and item.kind != taken[0].item.kind:
                 other.append(self._pop())
             else:
                 rows = min(room, item.rows - item.taken)
@@ -401,11 +410,11 @@ class Batcher:
         else:
             padding = size - rows
             kind = PREDICT if first.predict else 0  # padding of the batch's kind
-            images = np.concatenate([*(p.item.images[p.start : p.stop] for p in batch), np.zeros((padding, *first.images.shape[1:]), np.uint8)])
+            images = np.concatenate([*(p.item.images[p.start : p.stop] for p in batch), np.zeros((padding, *first.images.shape[1:]), first.images.dtype)])
             class_index = np.concatenate([*(p.item.class_index[p.start : p.stop] for p in batch), np.full(padding, -1, np.int32)])
             method = np.concatenate([*(p.item.method[p.start : p.stop] for p in batch), np.full(padding, kind, np.int32)])
         started = time.monotonic()
-        outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, images, class_index, method)
+        outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, images, class_index, method, first.contract)
         compute_s = time.monotonic() - started
         self.observer.batch(rows, size, compute_s, "predict" if first.predict else "explain")
         offset = 0

@@ -16,7 +16,7 @@ import numpy as np
 
 from camserve import geometry
 
-from .batcher import PREDICT, Item, Result
+from .batcher import IMAGES, PREDICT, Item, Result
 from .calls import Calls
 from .deadlines import all_or_none, by, deadline
 from .errors import RequestError, as_request_error
@@ -114,22 +114,29 @@ class Pipeline:
             return [_row(await by(until, futures[0]))], extra
         return [_row(found) for found in await all_or_none([by(until, future) for future in futures])], extra
 
-    async def run_block(self, model: Model, admission, images: np.ndarray, class_index: np.ndarray, method: np.ndarray, until: float | None) -> Result:
-        """Images already at the model's size ([N,H,W,3] uint8), admitted together, as
-        one item: one future, and the outputs as arrays [N, ...]."""
+    async def run_block(
+        self, model: Model, admission, images: np.ndarray, class_index: np.ndarray, method: np.ndarray, until: float | None, contract: str = IMAGES
+    ) -> Result:
+        """Images already at the model's size ([N,H,W,3] uint8; MODEL: the model's own
+        input [N,H,W,C]), admitted together, as one item: one future, and the outputs
+        as arrays [N, ...]."""
         admission.decoded(len(images))
         future = asyncio.get_running_loop().create_future()
-        model.batcher.submit(Item(images, class_index, method, until, future))
+        model.batcher.submit(Item(images, class_index, method, until, future, contract=contract))
         return await by(until, future)
 
-    async def run_images(self, model: Model, images, class_index: list[int], method: list[int], until: float | None) -> tuple[dict, float]:
+    async def run_images(
+        self, model: Model, images, class_index: list[int], method: list[int], until: float | None, contract: str = IMAGES
+    ) -> tuple[dict, float]:
         """One call's N images, admitted all or none before any decoding: an array
-        [N,H,W,3] already at the model's size runs as one block; otherwise `images` is
-        [(prepare, inline)] per image, each decoded and fitted on its own. Returns
-        (every output [N, ...], the longest queue time)."""
+        [N,H,W,3] already at the model's size (or the model's own input tensor) runs as
+        one block; otherwise `images` is [(prepare, inline)] per image, each decoded and
+        fitted on its own. Returns (every output [N, ...], the longest queue time)."""
         with model.batcher.admit(len(images)) as admission:
             if isinstance(images, np.ndarray):
-                result = await self.run_block(model, admission, images, np.array(class_index, np.int32), np.array(method, np.int32), until)
+                result = await self.run_block(
+                    model, admission, images, np.array(class_index, np.int32), np.array(method, np.int32), until, contract
+                )
                 return result.outputs, result.queue_s
             runs = [self.run_image(model, admission, *image, [(c, m)], until) for image, c, m in zip(images, class_index, method)]
             # One image (the common case) needs no tasks of its own; a failed image

@@ -28,6 +28,7 @@ class Model(Protocol):
     map_size: tuple[int, int]
     batcher: Batcher
     observer: object  # ops/observer.py's ModelObserver
+    input_contract: dict | None  # the model's own input tensor, when exported with it (models/served.py)
 
 
 class Models(Protocol):

@@ -33,10 +33,9 @@ from ..pipeline.batcher import PREDICT
 from ..pipeline.deadlines import deadline
 from ..pipeline.errors import RequestError, invalid
 from ..pipeline.explain import Pipeline
-from ..pipeline.images import decode_encoded, decode_raw, encoded_is_cheap, fit, raw_is_cheap
+from ..pipeline.inputs import image_batch
 from ..pipeline.limits import Limits
 from ..pipeline.model import Model
-from ..pipeline.targets import check_targets
 from .tensors import INLINE_TYPED_VALUES, decode_inputs, encode_output, typed_values
 
 OUTPUTS = ("logits", "probabilities", "class_index", "heatmap", "heatmap_scale")
@@ -62,17 +61,6 @@ def _request_parameters(request) -> float:
 
 def _tensor(name, datatype, shape):
     return kpb.ModelMetadataResponse.TensorMetadata(name=name, datatype=datatype, shape=shape)
-
-
-def _per_image(tensors: dict, name: str, n: int, default: int, kinds: str = "i") -> list[int]:
-    if name not in tensors:
-        return [default] * n
-    values = tensors[name]
-    if isinstance(values, list) or values.dtype.kind not in kinds:
-        raise invalid(f"input {name!r} must be {' or '.join({'i': 'INT32', 'b': 'BOOL'}[k] for k in kinds)} [{n}]")
-    if values.shape not in ((n,), (n, 1)):
-        raise invalid(f"input {name!r} has shape {list(values.shape)}; expected [{n}], one per image")
-    return values.reshape(n).tolist()
 
 
 class KServe:
@@ -220,42 +208,4 @@ class KServe:
 
 
 def image_inputs(model: Model, request, limits: Limits):
-    """(images, class indices, method codes), all validated; the images are an array
-    [N,H,W,3] when already at the model's size, else [(prepare function, inline)]
-    per image, for the decode pool."""
-    tensors = decode_inputs(request)
-    known = {"images", "image_bytes", "class_index", "method", "counterfactual", "layer"}
-    if set(tensors) - known:
-        raise invalid(f"unknown input(s) {sorted(set(tensors) - known)}; inputs are {', '.join(sorted(known))}")
-    if ("images" in tensors) == ("image_bytes" in tensors):
-        raise invalid("send exactly one of `images` (UINT8 [N,H,W,3]) and `image_bytes` (BYTES [N])")
-    limit = model.batcher.options.max_enqueued
-    block = None
-    if "images" in tensors:
-        images = tensors["images"]
-        if isinstance(images, list) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 2, 3, 4):
-            raise invalid("input 'images' must be UINT8 [N,H,W,3] (1, 2 or 4 channels also accepted)")
-        n, h, w, c = images.shape
-        if (h, w, c) == (model.height, model.width, 3):  # already what the model takes: no decoding, one block
-            block = images
-        else:
-            inline = n == 1 and raw_is_cheap(h, w, model)  # at most one image a request on the event loop
-            pixels = [functools.partial(decode_raw, image.tobytes(), h, w, c, limits.max_pixels, limits.background) for image in images]
-    else:
-        blobs = tensors["image_bytes"]
-        if not isinstance(blobs, list):
-            raise invalid("input 'image_bytes' must be BYTES [N]")
-        n = len(blobs)
-        inline = n == 1 and encoded_is_cheap(blobs[0], model)  # at most one image a request on the event loop
-        pixels = [functools.partial(decode_encoded, blob, limits.max_pixels, limits.background) for blob in blobs]
-    if n == 0 or n > limit:
-        raise invalid(f"a request carries 1 to {limit} images; this one has {n}")
-    class_index = _per_image(tensors, "class_index", n, -1)
-    method = _per_image(tensors, "method", n, model.methods.index(model.default_method))
-    counterfactual = [bool(flag) for flag in _per_image(tensors, "counterfactual", n, 0, kinds="ib")]
-    layer = _per_image(tensors, "layer", n, 0)
-    method = check_targets(model, class_index, method, counterfactual, layer)
-    if block is not None:
-        return block, class_index, method
-    return [(functools.partial(fit, p, model), inline) for p in pixels], class_index, method
-
+    return image_batch(model, decode_inputs(request), limits)
