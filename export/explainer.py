@@ -73,7 +73,11 @@ class Explainer:
         return heads.logits(self.head, scores), activations
 
     def predict(self, images):
-        logits, _ = self._logits(self._inputs(images))
+        return self.predict_inputs(self._inputs(images))
+
+    def predict_inputs(self, x):
+        """predict on the model's own input (already preprocessed)."""
+        logits, _ = self._logits(x)
         logits = tf.cast(logits, self.dtype)
         return {"logits": logits, "probabilities": heads.probabilities(self.head, logits)}
 
@@ -88,7 +92,10 @@ class Explainer:
         return _maps(tf.cast(activations, self.dtype), tf.cast(gradients, self.dtype), method)
 
     def explain(self, images, class_index, method):
-        x = self._inputs(images)
+        return self.explain_inputs(self._inputs(images), class_index, method)
+
+    def explain_inputs(self, x, class_index, method):
+        """explain on the model's own input (already preprocessed)."""
         n = len(self.forwards)
         # method = base + COUNTERFACTUAL * counterfactual + LAYER_CODE * layer (module docstring).
         layer = tf.math.floordiv(method, LAYER_CODE)
