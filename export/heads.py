@@ -96,3 +96,11 @@ def logits(kind: str, scores):
 
 def probabilities(kind: str, logits):
     return tf.sigmoid(logits) if kind in SIGMOID_KINDS else tf.nn.softmax(logits)
+
+
+def model_output(kind: str, stripped: bool, outputs):
+    """What the model itself outputs, from the explained `outputs` (logits, probabilities):
+    its probabilities when the head's op was stripped to reach the logits, its scores
+    otherwise; for a binary head the positive class's column only."""
+    y = outputs["probabilities" if stripped else "logits"]
+    return y[:, 1:] if kind == "binary" else y

@@ -89,16 +89,33 @@ class Report:
     logits_error: float  # relative to the largest |logit|
     heatmap_error: float  # the largest of each map's error relative to its terms' scale (map_scales)
     worst_map: str  # which map that was
+    contract: ContractReport | None = None  # the model's own input contract, when exported
 
     @property
     def ok(self) -> bool:
-        return self.logits_error <= TOLERANCE and self.heatmap_error <= TOLERANCE
+        return self.logits_error <= TOLERANCE and self.heatmap_error <= TOLERANCE and (self.contract is None or self.contract.ok)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"logits {self.logits_error:.2e} relative, heatmaps {self.heatmap_error:.2e} of their terms' scale "
             f"(largest: {self.worst_map})"
         )
+        return text if self.contract is None else f"{text}; {self.contract}"
+
+
+@dataclass
+class ContractReport:
+    """The model contract's signatures on the float inputs preprocessing gives the sample images."""
+
+    output_error: float  # serving_default against the Keras model's own outputs, relative to their largest
+    explain: Report  # explain_input against the float64 reference explain is judged by
+
+    @property
+    def ok(self) -> bool:
+        return self.output_error <= TOLERANCE and self.explain.ok
+
+    def __str__(self) -> str:
+        return f"model contract: serving_default {self.output_error:.2e} relative to the model's outputs, explain_input {self.explain}"
 
 
 def _relative_error(got, want, floor: float = 1e-12) -> float:
@@ -112,8 +129,7 @@ def check_outputs(head: Head, outputs: dict, original):
     when the head was stripped, its scores otherwise (binary: the positive class).
     Relative to at least 1: probabilities are small numbers that are exact anyway."""
     name = "probabilities" if head.stripped else "logits"
-    got = np.asarray(outputs[name])
-    error = _relative_error(got[:, 1:] if head.kind == "binary" else got, original, floor=1.0)
+    error = _relative_error(heads.model_output(head.kind, head.stripped, outputs), original, floor=1.0)
     if not error <= TOLERANCE:
         raise HeadError(
             f"the exported {name} differ from the model's own outputs by {error:.1e} (relative) with head "
@@ -138,14 +154,42 @@ def _looks_like_probabilities(outputs: np.ndarray) -> bool:
 
 def verify(saved_model_dir, model, target_paths, preprocess_mode, channels, input_size, head=None) -> Report:
     """`head` is the --head override, if any."""
-    explain = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
+    signatures = tf.saved_model.load(str(saved_model_dir)).signatures
+    explain = signatures["explain"]
     num_classes = int(explain.structured_outputs["logits"].shape[-1])
-    offered = len(repository.read_metadata(saved_model_dir)["methods"])
-    inputs = sample_inputs(input_size, num_classes, len(target_paths), offered)
+    metadata = repository.read_metadata(saved_model_dir)
+    inputs = sample_inputs(input_size, num_classes, len(target_paths), len(metadata["methods"]))
     images, class_index, method = inputs
     got = {k: v.numpy() for k, v in explain(images=images, class_index=class_index, method=method).items()}
     want, scales = reference(model, target_paths, preprocess_mode, channels, inputs, head)
-    return compare(got, want, scales, method, target_paths)
+    report = compare(got, want, scales, method, target_paths)
+    if contract := metadata.get("input_contract"):
+        # The model's own input: what preprocessing gives these images, as a TF Serving client sends it.
+        x = tf.cast(preprocess(images, preprocess_mode, channels), contract["dtype"])
+        served = signatures[contract["signature"]](**{contract["input"]: x})[contract["output"]]
+        by_input = signatures[contract["explain_signature"]](**{contract["input"]: x, "class_index": class_index, "method": method})
+        report.contract = ContractReport(
+            _relative_error(served, model(x, training=False)),
+            compare({k: v.numpy() for k, v in by_input.items()}, want, scales, method, target_paths),
+        )
+    return report
+
+
+def check_contract(serve, explain_input, contract, x, class_index, method, original, explained) -> tuple[float, float]:
+    """At export, cheaply (no reference): the model contract's `serve` on the model's input
+    `x` gives the model's own outputs `original`, and `explain_input` the classes and maps
+    `explained`, explain's for the images x was prepared from. Returns both errors."""
+    error = _relative_error(serve(x)[contract.output], original)
+    by_input = explain_input(x, class_index, method)
+    same_classes = np.array_equal(by_input["class_index"], explained["class_index"])
+    heatmap_error = float(np.max(np.abs(np.asarray(by_input["heatmap"]) - np.asarray(explained["heatmap"]))))
+    if not (error <= TOLERANCE and heatmap_error <= TOLERANCE and same_classes):
+        raise VerificationError(
+            f"the model's own contract disagrees: serving_default differs from the model's outputs by {error:.1e} (relative), "
+            f"explain_input's heatmaps from explain's by {heatmap_error:.1e}{'' if same_classes else ', and it explains other classes'} "
+            f"(tolerance {TOLERANCE:.0e}); nothing was published"
+        )
+    return error, heatmap_error
 
 
 def reference(model, target_paths, preprocess_mode, channels, inputs, head=None) -> tuple[dict, np.ndarray]:
