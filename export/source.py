@@ -85,6 +85,7 @@ class Source:
     classes: list[str] | None
     description: str
     preprocess_from: str | None = None  # what fixes the mode, when --preprocess may not change it
+    saved_model: Path | None = None  # the SavedModel directory it was read from, whose serving signature names its tensors
 
 
 def _demo_file(name: str) -> Path:
@@ -165,6 +166,22 @@ def _keras2_saved_model(path: Path) -> keras.Model:
         return _load_file(legacy)
 
 
+def serving_aliases(path: Path) -> tuple[str, str]:
+    """The (input, output) aliases of a SavedModel's `serving_default` signature (Keras 2
+    names the input after its Input layer, the output after the last layer), read from
+    saved_model.pb without loading its functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    graphs = [g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags] or list(saved.meta_graphs)
+    signature = graphs[0].signature_def.get("serving_default") if graphs else None
+    if signature is None or len(signature.inputs) != 1 or len(signature.outputs) != 1:
+        found = "none" if signature is None else f"inputs {sorted(signature.inputs)}, outputs {sorted(signature.outputs)}"
+        raise SourceError(f"{path}: its serving_default signature ({found}) has not one input and one output to keep as the model's contract")
+    return next(iter(signature.inputs)), next(iter(signature.outputs))
+
+
 def load(
     source: str, weights: str = "imagenet", input_size: tuple[int, int] | None = None, custom_objects: str | None = None
 ) -> Source:
@@ -177,7 +194,7 @@ def load(
         return _application(APPLICATIONS[source.lower()], weights, input_size)
     path = Path(source)
     if (path / "saved_model.pb").is_file():
-        return Source(_keras2_saved_model(path), None, None, f"{path} (a Keras 2 SavedModel)")
+        return Source(_keras2_saved_model(path), None, None, f"{path} (a Keras 2 SavedModel)", saved_model=path)
     if path.suffix.lower() not in MODEL_FILES:
         raise SourceError(f"{source!r} is neither a .keras/.h5/.hdf5 file, nor a Keras 2 SavedModel directory, nor 'demo', nor a keras.applications name{_suggest(source)}")
     if not path.is_file():
