@@ -3,3 +3,4 @@
 
 PREPROCESS_MODES = ("none", "scale", "tf", "caffe", "torch")
 HEADS = ("softmax", "sigmoid", "binary", "linear")
+INPUT_CONTRACTS = ("images", "model")  # camserve's uint8 images only, or also the model's own input

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .choices import HEADS, PREPROCESS_MODES
+from .choices import HEADS, INPUT_CONTRACTS, PREPROCESS_MODES
 
 
 def _size(text: str):
@@ -39,6 +39,13 @@ def add_parser(subparsers):
         help="what the last layer computes (default: recognised from the model; see README, Heads)",
     )
     p.add_argument("--no-xla", dest="xla", action="store_false", help="plain graph mode instead of XLA (faster for some small models on CPU; measure)")
+    p.add_argument(
+        "--input-contract", choices=INPUT_CONTRACTS, default="images",
+        help="images (default): serving_default is camserve's explain on uint8 RGB images; model: serving_default is also "
+        "what model.export() serves (the model's own preprocessed float input, its output as output_0, or a Keras 2 "
+        "SavedModel's own names), for TF Serving clients, and explain_input explains that input; explain and predict "
+        "keep taking uint8 images (prepared as --preprocess says)",
+    )
     p.add_argument("--custom-objects", help="module or .py file to import before loading (registered custom layers)")
     p.set_defaults(run=run)
 

@@ -14,11 +14,22 @@ import tensorflow as tf
 from camserve.progress import Steps
 
 from . import attention, graph, repository, source
+from .choices import INPUT_CONTRACTS
 from .explainer import COUNTERFACTUAL, FUSIONS, LAYER_CODE, Explainer
 from .methods import METHODS, NAMES, AttentionMethod
-from .module import CamModule
+from .module import EXPLAIN_OUTPUTS, CamModule, InputContract
 from .preprocess import MODES, preprocess
-from .verify import TOLERANCE, VerificationError, as_dtype, check_outputs, mixed_policy, offered_methods, sample_inputs, verify
+from .verify import (
+    TOLERANCE,
+    VerificationError,
+    as_dtype,
+    check_contract,
+    check_outputs,
+    mixed_policy,
+    offered_methods,
+    sample_inputs,
+    verify,
+)
 
 
 class ExportError(ValueError):
@@ -40,6 +51,8 @@ class ExportOptions:
     head: str | None = None  # None: recognised from the last layer
     custom_objects: str | None = None  # a module (or .py file) imported before loading
     xla: bool = True  # False: plain graph mode
+    # "model": also the model's own input (preprocessed floats) as serving_default and explain_input.
+    input_contract: str = "images"
 
 
 def _input_geometry(model, requested):
@@ -91,6 +104,27 @@ def _preprocess_mode(opts: ExportOptions, src: source.Source) -> str:
     return mode
 
 
+def _input_contract(src: source.Source, head: graph.Head, input_size, channels) -> InputContract:
+    """The model's own input and output as its serving signature names them: a Keras 2
+    SavedModel's own serving_default; otherwise what model.export() gives (the input
+    tensor's name, `output_0`, or the key of a one-entry output dict)."""
+    model_in = src.model.inputs[0]
+    dtype = tf.as_dtype(keras.backend.standardize_dtype(model_in.dtype))
+    if not dtype.is_floating:
+        raise ExportError(f"--input-contract model takes the model's float input; this model's input is {dtype.name}")
+    if src.saved_model is not None:
+        alias, output = source.serving_aliases(src.saved_model)
+    else:
+        outputs = src.model._outputs_struct  # what model.export() names its outputs after
+        alias, output = model_in.name, next(iter(outputs)) if isinstance(outputs, dict) and len(outputs) == 1 else "output_0"
+    if alias in ("class_index", "method"):
+        raise ExportError(f"--input-contract model: the model's input is called {alias!r}, which explain_input takes for its own")
+    read = "probabilities" if head.stripped else "logits"
+    if output in EXPLAIN_OUTPUTS and (output != read or head.kind == "binary"):
+        raise ExportError(f"--input-contract model: the model's output is called {output!r}, which explain_input answers with something else")
+    return InputContract(alias, output, dtype, (*input_size, channels), head.kind, head.stripped)
+
+
 def _publishable_version(opts: ExportOptions) -> int:
     version = opts.version or repository.next_version(opts.repo, opts.name)
     if version < 1:
@@ -103,6 +137,8 @@ def _publishable_version(opts: ExportOptions) -> int:
 def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
     """Build, trace, compile, save, verify and publish; returns the version folder."""
     steps = steps or Steps(6)
+    if opts.input_contract not in INPUT_CONTRACTS:
+        raise ExportError(f"--input-contract {opts.input_contract!r} is not one of {', '.join(INPUT_CONTRACTS)}")
     version = _publishable_version(opts)
     with steps.step(f"build {opts.source}"):
         src = source.load(opts.source, opts.weights, opts.input_size, opts.custom_objects)
@@ -117,7 +153,8 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         forwards = [graph.split(src.model, t, head) for t in targets]
         found, attention_note = attention.find(src.model, forwards[0], tf.zeros([1, *input_size, channels]))
         explainer = Explainer(forwards, mode, channels, head.kind, attention=found)
-        module = CamModule(src.model, explainer, input_size, opts.xla)
+        contract = _input_contract(src, head, input_size, channels) if opts.input_contract == "model" else None
+        module = CamModule(src.model, explainer, input_size, opts.xla, contract)
         names = ", ".join(".".join(t) for t in targets)
         steps.say(f"      target layer{'s' if len(targets) > 1 else ''} {names}, input {input_size[0]}x{input_size[1]}, preprocess {mode}")
         if note:
@@ -127,6 +164,12 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         methods = offered_methods(found)
         read = "the scores before" if head.stripped else "the output of"
         steps.say(f"      head {head.kind}{' (--head)' if head.forced else ''}: logits are {read} {head.where}")
+        if contract:
+            h, w, c = contract.shape
+            steps.say(
+                f"      model contract: serving_default takes {contract.input!r} {contract.dtype.name} [N,{h},{w},{c}] and "
+                f"answers {contract.output!r}; explain_input explains that input; explain and predict take uint8 images"
+            )
 
     with steps.step("trace signatures"):
         signatures = module.signatures()
@@ -141,8 +184,13 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
         outputs = module.explain(images, class_index, method)
         layer_sizes = explainer.layer_sizes(images)
         module.predict(images)
-        original = src.model(preprocess(images, mode, channels), training=False)
+        x = preprocess(images, mode, channels)
+        original = src.model(x, training=False)
         check_outputs(head, outputs, original)
+        if contract:
+            x = tf.cast(x, contract.dtype)
+            errors = check_contract(module.serve, module.explain_input, contract, x, class_index, method, original, outputs)
+            steps.say(f"      model contract: outputs {errors[0]:.1e} from the model's, explain_input's heatmaps {errors[1]:.1e} from explain's")
 
     staging = repository.staging_dir(opts.repo, opts.name, version)
     shutil.rmtree(staging, ignore_errors=True)
@@ -170,6 +218,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
             "class_ranks": True,
             "counterfactual_code": COUNTERFACTUAL,
             **({"layer_code": LAYER_CODE, "fusions": list(FUSIONS)} if len(targets) > 1 else {}),
+            **({"input_contract": _contract_metadata(contract)} if contract else {}),
             "classes": classes,
             "source": src.description,
             "tensorflow": tf.__version__,
@@ -197,8 +246,23 @@ def _check(staging, model, targets, mode, channels, input_size, head, steps):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     steps.say(f"      max error: {report} (tolerance {TOLERANCE:.0e})")
-    if not report.ok or not np.isfinite([report.logits_error, report.heatmap_error]).all():
+    errors = [report.logits_error, report.heatmap_error]
+    if report.contract is not None:
+        errors += [report.contract.output_error, report.contract.explain.logits_error, report.contract.explain.heatmap_error]
+    if not report.ok or not np.isfinite(errors).all():
         shutil.rmtree(staging, ignore_errors=True)
         raise VerificationError(
             f"the exported model disagrees with the float64 reference: {report} (tolerance {TOLERANCE:.0e}); nothing was published"
         )
+
+
+def _contract_metadata(contract: InputContract) -> dict:
+    """How TF Serving's clients reach the model (camserve.json `input_contract`)."""
+    return {
+        "signature": "serving_default",
+        "explain_signature": "explain_input",
+        "input": contract.input,
+        "dtype": contract.dtype.name,
+        "shape": list(contract.shape),
+        "output": contract.output,
+    }
