@@ -7,7 +7,7 @@ file overrides some of them:
       "allowed_batch_sizes": [1, 4, 16],
       "batch_wait_ms": 2,
       "max_enqueued": 64,
-      "version_policy": "latest" | "all" | {"specific": [1, 3]},
+      "version_policy": "latest" | "all" | {"specific": [1, 3]} | {"latest": 2},
       "default_method": "gradcam++",
       "warm_up": true,
       "batches_in_flight": 2
@@ -40,6 +40,7 @@ class ConfigError(ValueError):
 class VersionPolicy:
     kind: str = "latest"  # latest | all | specific
     versions: tuple[int, ...] = ()
+    count: int = 1  # latest: how many of the newest versions (TF Serving's latest { num_versions })
 
     def __post_init__(self):
         if self.kind not in ("latest", "all", "specific"):
@@ -48,13 +49,17 @@ class VersionPolicy:
             raise ConfigError("the specific version policy needs the versions to serve")
         if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in self.versions):
             raise ConfigError(f"versions are positive integers, got {list(self.versions)}")
+        if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 1:
+            raise ConfigError(f"the latest policy serves at least 1 version, got {self.count!r}")
+        if self.count != 1 and self.kind != "latest":
+            raise ConfigError(f"a count of versions is the latest policy's, not {self.kind}'s")
 
     def choose(self, available: list[int]) -> set[int]:
         if self.kind == "all":
             return set(available)
         if self.kind == "specific":
             return set(available) & set(self.versions)
-        return {max(available)} if available else set()
+        return set(sorted(available)[-self.count :])
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,9 @@ def _policy(value) -> VersionPolicy:
         return VersionPolicy(value)
     if isinstance(value, dict) and set(value) == {"specific"} and isinstance(value["specific"], list):
         return VersionPolicy("specific", tuple(value["specific"]))
-    raise ConfigError(f'version_policy is "latest", "all" or {{"specific": [versions]}}, got {value!r}')
+    if isinstance(value, dict) and set(value) == {"latest"}:
+        return VersionPolicy("latest", count=value["latest"])
+    raise ConfigError(f'version_policy is "latest", "all", {{"specific": [versions]}} or {{"latest": count}}, got {value!r}')
 
 
 def parse(values, defaults: ModelConfig) -> ModelConfig:
