@@ -29,13 +29,15 @@ class VersionState:
 
 class Registry:
     """Every loaded version of every model; requests get the newest version
-    unless they name one. A version enters only once it is warmed up.
+    unless they name one, or a version label (TF Serving's version_labels) that
+    names one. A version enters only once it is warmed up.
     `states` also knows the versions that are loading, refused or retired."""
 
     def __init__(self, process: phase.Phase | None = None):
         """`process`: the server's phase, which decides whether a lookup may succeed."""
         self.versions: dict[str, dict[int, ServedModel]] = {}
         self.states: dict[tuple[str, int], VersionState] = {}
+        self.labels: dict[str, dict[str, int]] = {}  # model -> label -> version, from a models.config
         self.process = process or phase.Phase()
 
     def all(self) -> list[ServedModel]:
@@ -59,10 +61,16 @@ class Registry:
             return loaded.get(version)
         return loaded[max(loaded)] if loaded else None
 
-    def get(self, name: str, version: int = 0, serving: bool = True) -> ServedModel:
+    def get(self, name: str, version: int = 0, serving: bool = True, label: str = "") -> ServedModel:
         """The model a request runs on, or the status that says why there is none, for
         every API. `serving` False: a question about the model (metadata, config,
-        statistics), answered while the server starts or drains too."""
+        statistics), answered while the server starts or drains too. `label`: a
+        version label instead of a version, as TF Serving's (server_core.cc): one the
+        model does not have is INVALID_ARGUMENT "Unrecognized servable version
+        label: L"; one whose version is not loaded, NOT_FOUND (TF Serving refuses to
+        assign such a label at all, by default)."""
+        if version and label:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"give a version ({version}) or a version label ({label!r}), not both")
         if serving and self.process.current == phase.STOPPING:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica")
         if not name and len(self.versions) == 1:
@@ -72,17 +80,31 @@ class Registry:
         known = ", ".join(sorted(self.versions)) or "none"
         if not name:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"name the model: this server serves {known}")
+        labelled = ""
+        if label:
+            version = self._labelled(name, label)
+            labelled = f" (label {label!r})"
         model = self.find(name, version)
         if model is not None:
             return model
         states = {v: s for (n, v), s in self.states.items() if n == name and (v == version or not version)}
-        if serving and any(s.state == LOADING for s in states.values()):
+        if serving and not label and any(s.state == LOADING for s in states.values()):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} is loading; retry shortly")
         why = "".join(f"; version {v} is {s.state}{': ' + s.reason if s.reason else ''}" for v, s in sorted(states.items()))
         if name in self.versions:
             loaded = ", ".join(map(str, sorted(self.versions[name])))
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not loaded (loaded: {loaded}){why}")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version}{labelled} is not loaded (loaded: {loaded}){why}")
+        if label:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version}{labelled} is not loaded{why}")
         raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (models: {known}){why}")
+
+    def _labelled(self, name: str, label: str) -> int:
+        """The version `label` names; TF Serving's status and message when it names none."""
+        labels = self.labels.get(name, {})
+        if label not in labels:
+            has = f"model {name!r} has labels {', '.join(sorted(labels))}" if labels else f"model {name!r} has no version labels"
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label} ({has})")
+        return labels[label]
 
 
 def version_number(text: str) -> int:
