@@ -475,3 +475,138 @@ def test_http_is_healthy_after_fuzzing(server):
                                    "data": [7] * (models.SIZE * models.SIZE * 3)}]}).encode()
     status, answer = http_call(server, "POST", "/v2/models/tiny/infer", body)
     assert status == 200 and json.loads(answer)["model_name"] == "tiny"
+
+
+# -- TF Serving's gRPC services and REST routes ----------------------------------
+# Its own status for an unknown signature is FAILED_PRECONDITION (predict_util.cc).
+TFS_DOCUMENTED = DOCUMENTED | {grpc.StatusCode.FAILED_PRECONDITION}
+TFS_ALIASES = ["images", "image_bytes", "class_index", "method", "counterfactual", "layer", "pixels", ""]
+
+
+@st.composite
+def tfserving_requests(draw):
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    if draw(st.integers(0, 9)):  # now and then no model_spec at all
+        spec = request.model_spec
+        spec.name = draw(st.sampled_from(["tiny", "tiny", "tiny", "nope", "", "tiny\x00"]))
+        spec.signature_name = draw(st.sampled_from(["", "", "serving_default", "explain", "predict", "nope", "\udcff".encode("utf-8", "surrogatepass").decode("utf-8", "replace")]))
+        choice = draw(st.sampled_from(["none", "none", "version", "label"]))
+        if choice == "version":
+            spec.version.value = draw(st.integers(-(2**63), 2**63 - 1) | st.sampled_from([1, 2, 0]))
+        elif choice == "label":
+            spec.version_label = draw(st.sampled_from(["stable", "canary", "", "1"]))
+    dtypes = [types_pb2.DT_UINT8, types_pb2.DT_INT32, types_pb2.DT_INT64, types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_STRING,
+              types_pb2.DT_BOOL, types_pb2.DT_HALF, types_pb2.DT_INVALID, 999]
+    for _ in range(draw(st.integers(0, 4))):
+        tensor = request.inputs[draw(st.sampled_from(TFS_ALIASES))]
+        tensor.dtype = draw(st.sampled_from(dtypes))
+        for size in draw(st.lists(st.integers(-2, 40) | st.sampled_from([2**31, 2**40]), max_size=5)):
+            tensor.tensor_shape.dim.add(size=size)
+        tensor.tensor_shape.unknown_rank = draw(st.booleans()) and draw(st.booleans())
+        kind = draw(st.sampled_from(["content", "int", "float", "string", "none"]))
+        if kind == "content":
+            tensor.tensor_content = draw(st.binary(max_size=4000))
+        elif kind == "int":
+            tensor.int_val.extend(draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=20)))
+        elif kind == "float":
+            tensor.float_val.extend(draw(st.lists(st.floats(width=32), max_size=20)))
+        elif kind == "string":
+            tensor.string_val.extend(draw(st.lists(images_bytes() | st.binary(max_size=30), max_size=3)))
+    if draw(st.booleans()):  # a well-formed image batch, so deeper paths run too
+        n = draw(st.integers(1, 3))
+        tensor = request.inputs["images"]
+        tensor.dtype = types_pb2.DT_UINT8
+        for size in (n, models.SIZE, models.SIZE, 3):
+            tensor.tensor_shape.dim.add(size=size)
+        tensor.tensor_content = bytes(n * models.SIZE * models.SIZE * 3)
+    request.output_filter.extend(draw(st.lists(st.sampled_from(["logits", "heatmap", "class_index", "nope", ""]), max_size=3)))
+    return request
+
+
+def assert_tfs_documented(rpc, request):
+    try:
+        rpc(request, timeout=20)
+    except grpc.RpcError as err:
+        assert err.code() in TFS_DOCUMENTED, f"{err.code()}: {err.details()}"
+        assert err.details(), "every refusal says why"
+
+
+@FUZZ
+@given(request=tfserving_requests())
+def test_tfserving_predict_requests_get_documented_statuses(channel, request):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    assert_tfs_documented(prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict, request)
+
+
+@FEW
+@given(request=tfserving_requests(), fields=st.lists(st.sampled_from(["signature_def", "signature_def", "nope", ""]), max_size=2))
+def test_tfserving_metadata_and_status_get_documented_statuses(channel, request, fields):
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
+    status = get_model_status_pb2.GetModelStatusRequest()
+    if request.HasField("model_spec"):
+        metadata.model_spec.CopyFrom(request.model_spec)
+        status.model_spec.CopyFrom(request.model_spec)
+    assert_tfs_documented(prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata, metadata)
+    assert_tfs_documented(model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus, status)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.sampled_from(ODD_TEXT) | st.builds(lambda t: {"b64": t}, st.sampled_from(["AAAA", "!!", "", "iVBORw0KGgo="])),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(TFS_ALIASES), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@st.composite
+def tfserving_rest_bodies(draw):
+    """TF Serving REST predict bodies: row or columnar, odd values, a well-formed batch
+    now and then; or not JSON at all."""
+    kind = draw(st.sampled_from(["instances", "inputs", "both", "neither", "raw", "good"]))
+    if kind == "raw":
+        return draw(st.binary(max_size=200))
+    document = {}
+    if draw(st.booleans()):
+        document["signature_name"] = draw(st.sampled_from(["", "predict", "explain", "serving_default", "nope", 3]))
+    if kind == "good":
+        image = np.full((models.SIZE, models.SIZE, 3), 7, np.uint8).tolist()
+        document["instances"] = [image] * draw(st.integers(1, 2))
+    if kind in ("instances", "both"):
+        document["instances"] = draw(json_values)
+    if kind in ("inputs", "both"):
+        document["inputs"] = draw(json_values)
+    return json.dumps(document).encode()
+
+
+@HTTP_FUZZ
+@given(body=tfserving_rest_bodies(), where=st.sampled_from(["", "", "/versions/1", "/versions/2", "/labels/stable", "/versions/%C2%B2"]),
+       verb=st.sampled_from([":predict", ":predict", ":explain"]))
+def test_tfserving_rest_predict_gets_documented_statuses(server, body, where, verb):
+    assert_http_documented(server, "POST", f"/v1/models/tiny{where}{verb}", body, {"Content-Type": "application/json"})
+
+
+TFS_ROUTES = [
+    ("GET", "/v1/models/{model}"), ("GET", "/v1/models/{model}/metadata"), ("POST", "/v1/models/{model}:predict"),
+    ("POST", "/v1/models/{model}:explain"), ("GET", "/v1/models/{model}/versions/{version}"),
+    ("GET", "/v1/models/{model}/labels/{version}/metadata"), ("POST", "/v1/models/{model}/versions/{version}:predict"),
+]
+
+
+@HTTP_FUZZ
+@given(route=st.sampled_from(TFS_ROUTES), model=segments, version=versions, method=st.sampled_from(["route's", "route's", "GET", "POST", "DELETE"]))
+def test_every_tfserving_path_parameter_gets_documented_statuses(server, route, model, version, method):
+    verb, template = route
+    verb = verb if method == "route's" else method
+    body = json.dumps({"instances": [np.zeros((models.SIZE, models.SIZE, 3), np.uint8).tolist()]}).encode() if verb == "POST" else None
+    assert_http_documented(server, verb, template.format(model=model, version=version), body)
+
+
+def test_server_answers_tfserving_after_fuzzing(server):
+    body = json.dumps({"signature_name": "predict", "instances": [np.full((models.SIZE, models.SIZE, 3), 7, np.uint8).tolist()]}).encode()
+    status, answer = http_call(server, "POST", "/v1/models/tiny:predict", body)
+    assert status == 200 and len(json.loads(answer)["predictions"]) == 1

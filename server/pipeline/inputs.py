@@ -66,11 +66,10 @@ def image_batch(model: Model, tensors: dict, limits: Limits):
 def model_input_batch(model: Model, tensors: dict, name: str):
     """(the model's own input [N,H,W,C], class indices, method codes) for a model
     exported with its input contract (export --input-contract model): tensor `name`
-    exactly as the model takes it, with the optional per-image inputs above."""
+    exactly as the model takes it, with the optional per-image inputs above (the
+    caller has refused any other)."""
     contract = model.input_contract
     shape, dtype = tuple(contract["shape"]), np.dtype(contract["dtype"])
-    if set(tensors) - {name, *INPUTS[2:]}:
-        raise invalid(f"unknown input(s) {sorted(set(tensors) - {name, *INPUTS[2:]})}; inputs are {', '.join(sorted({name, *INPUTS[2:]}))}")
     x = tensors.get(name)
     if x is None:
         raise invalid(f"input {name!r} is missing: the model's input, {dtype.name} [N,{','.join(map(str, shape))}]")

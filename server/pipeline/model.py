@@ -14,6 +14,7 @@ class Model(Protocol):
     height: int
     width: int
     num_classes: int
+    head: str  # softmax, sigmoid, binary or linear (export/heads.py)
     classes: list[str]
     methods: list[str]
     default_method: str
