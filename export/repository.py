@@ -11,7 +11,12 @@ METADATA = Path("assets.extra") / "camserve.json"
 
 def versions(repo, name: str) -> list[int]:
     """The published versions of a model, oldest first (unfinished exports are hidden)."""
-    folder = Path(repo) / name
+    return versions_in(Path(repo) / name)
+
+
+def versions_in(folder) -> list[int]:
+    """The published versions in one model's folder (TF Serving's base path), oldest first."""
+    folder = Path(folder)
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())

@@ -129,7 +129,7 @@ class Server:
         is warm (ops/workers.py)."""
         await self.manager.sync()  # an unreadable repository stops the server here
         if not self.registry.all():
-            raise RuntimeError(f"no model in {self.options.repo} could be loaded; see the log lines above")
+            raise RuntimeError(f"no model in {self.manager.sources} could be loaded; see the log lines above")
         if self.link:
             if not await self.link.warm():
                 log.warning("the supervisor has gone: stopping")
@@ -159,7 +159,7 @@ class Server:
 
         threads = configure_threads(opts.intra_op_threads or self.cpus, opts.inter_op_threads or self.cpus)
         log.info("%d CPU(s) usable; %d decode threads; TensorFlow %s", self.cpus, self.decoders._max_workers, threads)
-        self.manager = ModelManager(opts.repo, opts.models, opts.model_defaults, self.registry, select_device(), self.observer)
+        self.manager = ModelManager(opts.sources(), opts.model_defaults, self.registry, select_device(), self.observer)
         self.manager.on_crash = self._on_crash
         loader = asyncio.create_task(self._start())
         stop = asyncio.create_task(self.stopping.wait())

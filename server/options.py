@@ -13,8 +13,14 @@ from .transports.security import SecurityOptions
 
 @dataclass
 class ServerOptions:
-    repo: Path
+    # Which models (exactly one of the three; sources()): a repository and optionally some of its
+    # models; one model's folder of VERSION/ folders under a name (TF Serving's --model_base_path
+    # and --model_name); or TF Serving's models.config, read by the server process.
+    repo: Path | None = None
     models: list[str] | None = None
+    model_base_path: Path | None = None
+    model_name: str = "default"  # TF Serving's default name
+    model_config_file: Path | None = None
     model_defaults: ModelConfig = field(default_factory=ModelConfig)  # what a model's config.json may override
     security: SecurityOptions = field(default_factory=SecurityOptions)
     poll_seconds: float = 5.0  # how often the repository is checked for versions; 0: never
@@ -36,3 +42,17 @@ class ServerOptions:
     inter_op_threads: int = 0
     shutdown_delay: float = 1.0  # keep answering after SIGTERM so balancers see NOT_SERVING
     drain_timeout: float = 30.0
+
+    def sources(self):
+        """The models to serve (models/sources.py); a models.config is read here, in the server process."""
+        from .models.sources import FixedSources, ModelSource, RepoSources
+
+        if self.model_config_file is not None:
+            from .models import tfserving_config
+
+            return FixedSources(tfserving_config.load(self.model_config_file), str(self.model_config_file))
+        if self.model_base_path is not None:
+            return FixedSources([ModelSource(self.model_name, Path(self.model_base_path))], str(self.model_base_path))
+        if self.repo is None:
+            raise ValueError("no models: give a repository, a model base path or a model config file")
+        return RepoSources(self.repo, self.models)

@@ -294,6 +294,7 @@ def test_closing_the_models_does_not_block_the_event_loop(tmp_path):
     from camserve.server.models.lifecycle import ModelManager
     from camserve.server.models.config import ModelConfig
     from camserve.server.models.registry import Registry
+    from camserve.server.models.sources import RepoSources
     from camserve.server.ops.observer import Observer
 
     class Model:  # what close() touches of a ServedModel: its batcher and its threads
@@ -317,7 +318,7 @@ def test_closing_the_models_does_not_block_the_event_loop(tmp_path):
                 ticks += 1
 
         ticker = asyncio.create_task(tick())
-        await ModelManager(tmp_path, None, ModelConfig(), registry, "/CPU:0", Observer()).close()
+        await ModelManager(RepoSources(tmp_path), ModelConfig(), registry, "/CPU:0", Observer()).close()
         ticker.cancel()
         return ticks
 

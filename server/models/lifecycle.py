@@ -1,14 +1,15 @@
 """Which versions a server holds, kept in step with what is on disk.
 
-Each pass, for every model (the repository's folders or the --model names,
-and any model still loaded whose folder has gone):
+Each pass, for every model of its sources (sources.py: the repository's folders
+or the --model names, one --model-base-path, or a models.config's list; and any
+model still loaded whose folder has gone):
 - its config.json is read again when it changed (config.py); a bad file
   keeps the last good configuration, and versions loaded under an older
   configuration are loaded again under the new one and swapped;
 - the versions present, minus those refused for their current contents, go
   through the version policy; those it wants that are not loaded are loaded and
   warmed up off the event loop, newest first, and swapped in; under `latest`,
-  when the newest fails, the newest that loads serves;
+  when one of the newest fails, the newest older one that loads serves instead;
 - only then are the loaded versions it no longer wants taken out and retired
   after the requests they accepted. Deleting the newest version so rolls back:
   the previous one is loaded first, then the deleted one retired;
@@ -26,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from camserve.export import repository
@@ -36,6 +38,7 @@ from . import config as model_config
 from .config import ConfigError, ModelConfig
 from .registry import AVAILABLE, END, LOADING, STATES, UNAVAILABLE, Registry, VersionState
 from .served import ServedModel
+from .sources import ModelSource
 
 log = logging.getLogger("camserve.lifecycle")
 
@@ -69,9 +72,10 @@ class _Config:
 
 
 class ModelManager:
-    def __init__(self, repo: Path, names, defaults: ModelConfig, registry: Registry, device: str, observer: Observer):
-        self.repo = Path(repo)
-        self.names = names
+    def __init__(self, sources, defaults: ModelConfig, registry: Registry, device: str, observer: Observer):
+        """`sources`: sources.RepoSources or FixedSources, asked for the models each pass."""
+        self.sources = sources
+        self._sources: dict[str, ModelSource] = {}  # every model seen, so one whose folder went is still known
         self.defaults = defaults
         self.registry = registry
         self.device = device
@@ -83,45 +87,50 @@ class ModelManager:
         self.on_crash = None  # told when a batcher dies
 
     def _model_names(self) -> list[str]:
-        if not self.repo.is_dir():
-            raise FileNotFoundError(f"model repository {self.repo} does not exist")
-        on_disk = self.names or [p.name for p in self.repo.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return sorted(set(on_disk) | set(self.registry.versions))
+        current = self.sources.current()
+        self._sources.update(current)
+        for name, source in current.items():
+            if source.labels and self.registry.labels.get(name) != source.labels:
+                self.registry.labels[name] = dict(source.labels)
+                log.info("%s: version labels %s", name, ", ".join(f"{k} -> {v}" for k, v in sorted(source.labels.items())))
+        return sorted(set(current) | set(self.registry.versions))
 
     async def sync(self):
-        """One pass over the repository."""
+        """One pass over every model's folder."""
         for name in self._model_names():
-            await self._sync_model(name)
+            await self._sync_model(self._sources[name])
 
-    async def _sync_model(self, name: str):
-        present = repository.versions(self.repo, name)
+    async def _sync_model(self, source: ModelSource):
+        name = source.name
+        present = repository.versions_in(source.base_path)
         if not present:
             self._empty[name] = self._empty.get(name, 0) + 1
+            if self._empty[name] == 1:
+                log.info("%s: no versions under %s", name, source.base_path)
             if self._empty[name] == EMPTY_PASSES and name in self.registry.versions:
                 log.warning("%s: no versions on disk for %d passes; unloading the model", name, EMPTY_PASSES)
                 for model in list(self.registry.versions[name].values()):
                     self._retire(model)
             return
         self._empty.pop(name, None)
-        config = self._config(name, present)
+        config = self._config(source, present)
         if config is None:
             return
-        candidates = [v for v in present if self._may_try(name, v, config)]
+        candidates = [v for v in present if self._may_try(source, v, config)]
         wanted = config.policy.choose(candidates)
         current = {v for v, m in self.registry.versions.get(name, {}).items() if m.config is config}
         for version in sorted(wanted - current, reverse=True):
-            if await self._load(name, version, config) or config.policy.kind != "latest":
+            if await self._load(source, version, config) or config.policy.kind != "latest":
                 continue
-            for older in sorted((v for v in candidates if v < version), reverse=True):
-                if older in current or await self._load(name, older, config):
+            for older in sorted((v for v in candidates if v < version and v not in wanted), reverse=True):
+                if older in current or await self._load(source, older, config):
                     break
         self._retire_unwanted(name, present, wanted, config)
 
     def _retire_unwanted(self, name: str, present: list[int], wanted: set[int], config: ModelConfig):
         loaded = self.registry.versions.get(name, {})
         if config.policy.kind == "latest":
-            fresh = [v for v in loaded if v in present]
-            keep = {max(fresh)} if fresh else set()
+            keep = set(sorted(v for v in loaded if v in present)[-config.policy.count :])
         else:
             keep = set(loaded) & wanted
         if not keep:  # nothing wanted could load: serving something beats serving nothing
@@ -131,15 +140,20 @@ class ModelManager:
         for version in set(loaded) - keep:
             self._retire(loaded[version])
 
-    def _config(self, name: str, present: list[int]) -> ModelConfig | None:
-        file = model_config.path(self.repo, name)
+    def _config(self, source: ModelSource, present: list[int]) -> ModelConfig | None:
+        name = source.name
+        file = source.base_path / model_config.FILE
         stamp = model_config.stamp(file)
         cached = self._configs.get(name)
         if cached and cached.stamp == stamp:
             return cached.config
         previous = cached.config if cached else None
+        # A models.config's version policy is the model's default; its config.json may not contradict it.
+        defaults = replace(self.defaults, policy=source.policy) if source.policy else self.defaults
         try:
-            config = model_config.load(file, self.defaults)
+            config = model_config.load(file, defaults)
+            if source.policy and config.policy != source.policy:
+                raise ConfigError(f"{file}: its version_policy contradicts the model_version_policy of the --model-config-file")
         except ConfigError as err:
             log.error("%s: %s; %s", name, err, "keeping the previous configuration" if previous else "not loading it")
             if previous is None:
@@ -152,26 +166,27 @@ class ModelManager:
         self._configs[name] = _Config(stamp, config if config != previous else previous)
         return self._configs[name].config
 
-    def _may_try(self, name: str, version: int, config: ModelConfig) -> bool:
+    def _may_try(self, source: ModelSource, version: int, config: ModelConfig) -> bool:
+        name = source.name
         refusal = self.refused.get((name, version))
         if refusal is None:
             return True
-        path = repository.version_dir(self.repo, name, version)
+        path = source.base_path / str(version)
         changed = refusal.config is not config or contents(path) != refusal.contents
         if time.monotonic() < refusal.retry_at or not changed:
             return False
         log.info("%s version %d or its configuration changed since it was refused; trying again", name, version)
         return True
 
-    async def _load(self, name: str, version: int, config: ModelConfig) -> bool:
-        path = repository.version_dir(self.repo, name, version)
+    async def _load(self, source: ModelSource, version: int, config: ModelConfig) -> bool:
+        name, path = source.name, source.base_path / str(version)
         loop = asyncio.get_running_loop()
         self._set_state(name, version, LOADING)
         before = contents(path)
         try:
             log.info("loading %s version %d from %s", name, version, path)
             # Loading and XLA compiles block for seconds: off the event loop, so calls go on meanwhile.
-            model = await loop.run_in_executor(None, ServedModel, path, self.device, config, self.observer)
+            model = await loop.run_in_executor(None, partial(ServedModel, path, self.device, config, self.observer, name=name))
             await loop.run_in_executor(None, model.warm_up, log.info)
         except Exception as err:  # noqa: BLE001 - any broken artifact is refused, never served
             backoff = self.refused[(name, version)].backoff * 2 if (name, version) in self.refused else RETRY_BACKOFF

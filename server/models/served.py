@@ -32,12 +32,13 @@ def ranked_classes(logits: np.ndarray, class_index: np.ndarray) -> np.ndarray:
 
 
 class ServedModel:
-    def __init__(self, path: Path, device: str, config: ModelConfig, observer: Observer):
+    def __init__(self, path: Path, device: str, config: ModelConfig, observer: Observer, name: str = ""):
         self.path = Path(path)
         self.config = config
         self.metadata = repository.read_metadata(path)
-        # The repository's folders name the model, as in TF Serving: copies and renames just work.
-        self.name = self.path.parent.name
+        # The served name (--model-name, a models.config's name), else the repository's folder, as in
+        # TF Serving: copies and renames just work.
+        self.name = name or self.path.parent.name
         self.version = int(self.path.name)
         self.device = device
         self.height, self.width = self.metadata["input_size"]
