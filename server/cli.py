@@ -1,4 +1,6 @@
-"""`camserve serve --repo DIR [--port 8500] ...`"""
+"""`camserve serve --repo DIR [--port 8500] ...`, or as TF Serving is started:
+`--model-base-path DIR --model-name NAME`, or `--model-config-file models.config`
+(TF Serving's own spellings, `--model_base_path` ..., are aliases)."""
 
 import argparse
 from pathlib import Path
@@ -21,18 +23,43 @@ def _at_least(low, kind=int):
 
 def add_parser(subparsers):
     p = subparsers.add_parser("serve", help="serve a model repository over gRPC and HTTP with dynamic batching")
-    p.add_argument("--repo", required=True, type=Path, help="model repository folder")
-    p.add_argument("--model", dest="models", action="append", help="serve only this model (repeatable)")
-    p.add_argument("--version-policy", choices=["latest", "all", "specific"], default="latest")
-    p.add_argument("--versions", type=int, nargs="+", default=[], help="with --version-policy specific")
-    p.add_argument("--poll-seconds", type=_at_least(0, float), default=5.0, help="how often to look for new versions; 0: never")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8500)
-    p.add_argument(
-        "--http-port", type=int, default=8000,
-        help="KServe v2 over HTTP, explain by upload, and the page at / (Triton's HTTP port); 0 turns it off",
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--repo", type=Path, help="model repository folder: REPO/NAME/VERSION/")
+    which.add_argument(
+        "--model-base-path", "--model_base_path", dest="model_base_path", type=Path,
+        help="one model's folder of VERSION/ folders, served as --model-name (TF Serving's --model_base_path)",
     )
-    p.add_argument("--metrics-port", type=int, default=8501, help="Prometheus metrics over HTTP; 0 turns it off")
+    which.add_argument(
+        "--model-config-file", "--model_config_file", dest="model_config_file", type=Path,
+        help="TF Serving's ModelServerConfig in protobuf text (models.config): each model's name, absolute base_path, "
+        "model_version_policy and version_labels; read once at start (no --model_config_file_poll_wait_seconds)",
+    )
+    p.add_argument(
+        "--model-name", "--model_name", dest="model_name",
+        help="with --model-base-path: the name the model is served under (default: default, as TF Serving's)",
+    )
+    p.add_argument("--model", dest="models", action="append", help="with --repo: serve only this model (repeatable)")
+    p.add_argument(
+        "--version-policy", choices=["latest", "all", "specific"], default="latest",
+        help="which versions to serve, unless a model's config.json or models.config entry says",
+    )
+    p.add_argument("--versions", type=int, nargs="+", default=[], help="with --version-policy specific")
+    p.add_argument(
+        "--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds", type=_at_least(0, float), default=5.0,
+        help="how often to look for new versions; 0: never",
+    )
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8500, help="gRPC: camserve's API, KServe v2 (TF Serving's gRPC port too)")
+    p.add_argument(
+        "--http-port", "--rest-api-port", "--rest_api_port", dest="http_port", type=int, default=8000,
+        help="HTTP: KServe v2, explain by upload, the page at / and /metrics (Triton's HTTP port; TF Serving's "
+        "--rest_api_port, whose 8501 turns the separate --metrics-port off unless it is given); 0 turns it off",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="Prometheus metrics on their own address (default 8501, or off when --http-port is 8501: that port "
+        "serves /metrics and /monitoring/prometheus/metrics itself); 0 turns it off",
+    )
     p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (0.0.0.0: all)")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument(
@@ -96,23 +123,28 @@ def run(args) -> int:
     try:
         if args.workers > 1 and args.port == 0:
             raise ValueError("--workers shares one port: give --port a number, not 0")
+        metrics_port = _metrics_port(args.metrics_port, args.http_port)
+        _check_models(args)
         batching.check()
         defaults = ModelConfig(batching, VersionPolicy(args.version_policy, tuple(args.versions)), batches_in_flight=args.batches_in_flight)
         security = SecurityOptions.from_args(args.tls_cert, args.tls_key, args.tls_client_ca, args.auth_token_file)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
         print(f"camserve serve: error: {err}", file=sys.stderr)
         return 2
     max_message_bytes = int(args.max_message_mb * 1024 * 1024)
     options = ServerOptions(
         repo=args.repo,
         models=args.models,
+        model_base_path=args.model_base_path and args.model_base_path.absolute(),
+        model_name=args.model_name or "default",
+        model_config_file=args.model_config_file and args.model_config_file.absolute(),
         model_defaults=defaults,
         poll_seconds=args.poll_seconds,
         security=security,
         host=args.host,
         port=args.port,
         http_port=args.http_port,
-        metrics_port=args.metrics_port,
+        metrics_port=metrics_port,
         metrics_host=args.metrics_host,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         http_body_timeout=args.http_body_timeout,
@@ -140,3 +172,37 @@ def run(args) -> int:
     from .app import serve  # the whole server: only once the flags are known good
 
     return serve(options)
+
+
+TF_SERVING_REST_PORT = 8501
+METRICS_PORT = 8501
+
+
+def _metrics_port(given: int | None, http_port: int) -> int:
+    """The separate metrics endpoint's port. Its default, 8501, is TF Serving's REST port:
+    when the HTTP port takes it, the metrics endpoint is off (the HTTP port serves /metrics)."""
+    if given is None:
+        return 0 if http_port == TF_SERVING_REST_PORT else METRICS_PORT
+    if given and given == http_port:
+        raise ValueError(
+            f"--metrics-port {given} is also the --http-port: the HTTP port serves /metrics itself; "
+            "give --metrics-port 0 (off) or another port"
+        )
+    return given
+
+
+def _check_models(args):
+    """The models' flags agree, and a models.config reads: checked before anything starts
+    (the server process reads the file again; its config protos need no TensorFlow)."""
+    if args.model_name is not None and args.model_base_path is None:
+        raise ValueError("--model-name names the model of --model-base-path; give that too")
+    if args.models and args.repo is None:
+        raise ValueError("--model picks models of a --repo; with --model-config-file, list them in the file")
+    if args.model_base_path is not None and not args.model_base_path.is_dir():
+        raise ValueError(f"--model-base-path {args.model_base_path} is not a folder")
+    if args.model_config_file is not None:
+        from .models import tfserving_config
+
+        for source in tfserving_config.load(args.model_config_file):
+            if not source.base_path.is_dir():
+                raise ValueError(f"{args.model_config_file}: model {source.name!r}: base_path {source.base_path} is not a folder")

@@ -5,7 +5,7 @@ their admission, batchers, statuses and drain; this module only carries what
 HTTP adds: TLS from the same files, the same bearer token, the same limits on
 message size and calls in flight, and gRPC statuses as HTTP ones with an
 `{"error": "..."}` body, as the Open Inference Protocol says; and Prometheus's
-/metrics."""
+/metrics (also at TF Serving's /monitoring/prometheus/metrics)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ PAGE = Path(__file__).parent / "page"
 # limit, so that an HTTP call in flight holds no more than a gRPC call does (README, memory;
 # measured by benchmarks/json_memory.py).
 JSON_SHARE = 8
+METRICS_PATHS = ("/metrics", "/monitoring/prometheus/metrics")  # Prometheus's, TF Serving's (--monitoring_config_file)
 OPEN_PATHS = ("/v2/health/",)  # probes carry no secrets, as on gRPC
 PUBLIC_FILES = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}  # the page asks for a token itself
 # Routes outside the limit on calls in flight: a probe refused while the slots are full
@@ -38,7 +39,7 @@ PUBLIC_FILES = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css
 # page must load to show why. None reads a body.
 UNCOUNTED = {
     "/v2/health/live", "/v2/health/ready", "/v2/models/{model}/ready", "/v2/models/{model}/versions/{version}/ready",
-    "/metrics", *PUBLIC_FILES,
+    *METRICS_PATHS, *PUBLIC_FILES,
 }
 
 STATUS = {
@@ -91,7 +92,8 @@ class HttpServer:
         )
         self.app.router.add_routes(kserve_routes(kserve, options.max_message_bytes // JSON_SHARE))
         self.app.router.add_routes(upload.routes(kserve.registry, pipeline))
-        self.app.router.add_get("/metrics", self._metrics)
+        for path in METRICS_PATHS:
+            self.app.router.add_get(path, self._metrics)
         for path, name in PUBLIC_FILES.items():
             self.app.router.add_get(path, self._file(PAGE / name))
         self.runner: web.AppRunner | None = None
