@@ -24,11 +24,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`camserve serve --repo REPO ARGS...` on free loopback ports."""
+    """`camserve serve --repo REPO ARGS...` on free loopback ports. `repo` may instead be
+    the flags that name the models (("--model-config-file", FILE), ...)."""
 
     def __init__(
         self,
-        repo: Path,
+        repo: Path | tuple[str, ...],
         log: Path,
         *args: str,
         command: list[str] | None = None,
@@ -44,7 +45,8 @@ class ServerProcess:
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.log = log
         if command is None:
-            command = [*prefix, *(launcher or (sys.executable, "-m", "camserve")), "serve", "--repo", str(repo), "--host", "127.0.0.1"]
+            models = ["--repo", str(repo)] if isinstance(repo, (str, Path)) else list(repo)
+            command = [*prefix, *(launcher or (sys.executable, "-m", "camserve")), "serve", *models, "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--metrics-host", metrics_host]
             command += ["--http-port", str(self.http_port), *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
@@ -99,7 +101,7 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def serving(repo: Path, log: Path, *args: str, **options):
+def serving(repo: Path | tuple[str, ...], log: Path, *args: str, **options):
     """A ServerProcess that is SERVING inside the block and stopped after it."""
     process = ServerProcess(repo, log, *args, **options)
     try:
