@@ -107,7 +107,7 @@ def _preprocess_mode(opts: ExportOptions, src: source.Source) -> str:
 def _input_contract(src: source.Source, head: graph.Head, input_size, channels) -> InputContract:
     """The model's own input and output as its serving signature names them: a Keras 2
     SavedModel's own serving_default; otherwise what model.export() gives (the input
-    tensor's name, `output_0`, or the key of a one-entry output dict)."""
+    tensor's name and `output_0`)."""
     model_in = src.model.inputs[0]
     dtype = tf.as_dtype(keras.backend.standardize_dtype(model_in.dtype))
     if not dtype.is_floating:
@@ -115,8 +115,8 @@ def _input_contract(src: source.Source, head: graph.Head, input_size, channels) 
     if src.saved_model is not None:
         alias, output = source.serving_aliases(src.saved_model)
     else:
-        outputs = src.model._outputs_struct  # what model.export() names its outputs after
-        alias, output = model_in.name, next(iter(outputs)) if isinstance(outputs, dict) and len(outputs) == 1 else "output_0"
+        # keras names the signature's input after the input tensor, its one output tensor output_0.
+        alias, output = model_in.name, "output_0"
     if alias in ("class_index", "method"):
         raise ExportError(f"--input-contract model: the model's input is called {alias!r}, which explain_input takes for its own")
     read = "probabilities" if head.stripped else "logits"

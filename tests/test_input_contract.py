@@ -39,8 +39,9 @@ def built(kind):
     return test_model.model, test_model.size, test_model.channels
 
 
-# A non-square RGB softmax, a one-channel model, a one-unit sigmoid (binary head), a named keras.Input.
-KINDS = ("wide", "gray", "binary", "named")
+# A non-square RGB softmax, a one-channel model, a one-unit sigmoid (binary head), a named keras.Input,
+# a Sequential (which keras exports from its own inputs list).
+KINDS = ("wide", "gray", "binary", "named", "sequential")
 
 
 class Exported:
