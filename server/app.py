@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from camserve.kserve import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from camserve.v1 import camserve_pb2, camserve_pb2_grpc
@@ -39,13 +40,16 @@ from .transports.grpc.call_limit import CallLimit
 from .transports.grpc.native import CamServeService
 from .transports.http.server import HttpServer
 from .transports.grpc.kserve import KServeService
+from .transports.grpc.tfserving import ModelService, PredictionService
 from .transports.kserve import KServe
+from .transports.tfserving import TFServing
 
 log = logging.getLogger("camserve.server")
 
 LIVENESS = "camserve.liveness"
 SERVICE_NAME = camserve_pb2.DESCRIPTOR.services_by_name["CamServe"].full_name
 KSERVE_NAME = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+TFSERVING_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
 class Server:
@@ -79,10 +83,13 @@ class Server:
         kserve = KServe(self.registry, self.pipeline)
         camserve_pb2_grpc.add_CamServeServicer_to_server(CamServeService(self.registry, self.pipeline), self.grpc)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeService(kserve), self.grpc)
-        self.http = HttpServer(options, kserve, self.pipeline, self.metrics) if options.http_port else None
+        tfserving = TFServing(self.registry, self.pipeline)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(tfserving), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(tfserving), self.grpc)
+        self.http = HttpServer(options, kserve, tfserving, self.pipeline, self.metrics) if options.http_port else None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        reflection.enable_server_reflection([SERVICE_NAME, KSERVE_NAME, health_name, reflection.SERVICE_NAME], self.grpc)
+        reflection.enable_server_reflection([SERVICE_NAME, KSERVE_NAME, *TFSERVING_NAMES, health_name, reflection.SERVICE_NAME], self.grpc)
 
     async def _enter(self, new_phase: str):
         self.phase.current = new_phase
@@ -91,7 +98,7 @@ class Server:
     async def _publish_health(self):
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(LIVENESS, serving if self.phase.live else not_serving)
-        for service in ("", SERVICE_NAME, KSERVE_NAME):
+        for service in ("", SERVICE_NAME, KSERVE_NAME, *TFSERVING_NAMES):
             await self.health.set(service, serving if self.phase.ready else not_serving)
 
     def _on_crash(self, err: BaseException):

@@ -15,7 +15,7 @@ import tensorflow as tf
 from camserve.export import repository
 
 from ..ops.observer import Observer
-from ..pipeline.batcher import PREDICT, Batcher
+from ..pipeline.batcher import IMAGES, MODEL, PREDICT, Batcher
 from .config import ModelConfig
 from .statistics import ModelStats
 
@@ -66,19 +66,32 @@ class ServedModel:
         # A CPU runs one batch at a time; a GPU takes a second one to copy while it computes.
         in_flight = config.batches_in_flight or (2 if "GPU" in device else 1)
         self._executor = ThreadPoolExecutor(in_flight, thread_name_prefix=f"model-{self.name}")
+        # The model's own input tensor, beside camserve's uint8 images (export --input-contract model):
+        # {"signature", "explain_signature", "input", "dtype", "shape" [H, W, C], "output"}.
+        self.input_contract = self.metadata.get("input_contract")
         with tf.device(device):
             signatures = tf.saved_model.load(str(path)).signatures
-            # A SavedModel written by hand may lack `predict`: its predict-only requests run explain.
-            self._explain, self._predict = signatures["serving_default"], signatures.get("predict")
+            # serving_default is `explain` unless the model's own contract took its name; a
+            # SavedModel written by hand may lack `predict`: its predict-only requests run explain.
+            self._explain, self._predict = signatures.get("explain", signatures["serving_default"]), signatures.get("predict")
+            if self.input_contract:
+                self._own = {False: signatures[self.input_contract["explain_signature"]], True: signatures[self.input_contract["signature"]]}
         self.stats = ModelStats()
         self.observer = observer.model(self.name, self.stats)
         self.batcher = Batcher(self.run_batch, config.batching, self._executor, self.observer, self.name, in_flight)
 
-    def run_batch(self, images: np.ndarray, class_index: np.ndarray, method: np.ndarray) -> dict:
+    def run_batch(self, images: np.ndarray, class_index: np.ndarray, method: np.ndarray, contract: str = IMAGES) -> dict:
         """One batch of one kind (batcher.py): explain, or for PREDICT rows the predict
         signature, whose explained class is the asked one or the highest logit (the
-        top-1 of every head)."""
+        top-1 of every head). MODEL rows are the model's own input: its serving_default
+        (the original outputs only) for PREDICT, else explain_input."""
         with tf.device(self.device):
+            if contract != IMAGES:
+                predict = bool(method[0] == PREDICT)
+                inputs = {self.input_contract["input"]: tf.constant(images)}
+                if not predict:
+                    inputs.update(class_index=tf.constant(class_index), method=tf.constant(method))
+                return {name: value.numpy() for name, value in self._own[predict](**inputs).items()}
             if method[0] == PREDICT and self._predict is not None:
                 outputs = {name: value.numpy() for name, value in self._predict(images=tf.constant(images)).items()}
                 outputs["class_index"] = ranked_classes(outputs["logits"], class_index)
@@ -101,6 +114,9 @@ class ServedModel:
             images, class_index = np.zeros((size, self.height, self.width, 3), np.uint8), np.full(size, -1, np.int32)
             for kind in (0, PREDICT) if self._predict is not None else (0,):
                 self.run_batch(images, class_index, np.full(size, kind, np.int32))
+                if self.input_contract:
+                    own = np.zeros((size, *self.input_contract["shape"]), self.input_contract["dtype"])
+                    self.run_batch(own, class_index, np.full(size, kind, np.int32), MODEL)
             say(f"warm-up {self.name} v{self.version}: batch {size} compiled in {time.perf_counter() - started:.1f}s")
 
     def close(self):

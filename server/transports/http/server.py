@@ -22,8 +22,10 @@ from ...ops import phase
 from ...pipeline.errors import RequestError, as_request_error
 from ...pipeline.explain import Pipeline
 from ..kserve import KServe
+from ..tfserving import TFServing
 from . import upload
 from .kserve import routes as kserve_routes
+from .tfserving import routes as tfserving_routes
 
 PAGE = Path(__file__).parent / "page"
 # A JSON tensor body takes up to about 10 times its size while it is parsed into Python
@@ -80,7 +82,7 @@ def error(status: int, message: str) -> web.Response:
 
 
 class HttpServer:
-    def __init__(self, options, kserve: KServe, pipeline: Pipeline, metrics):
+    def __init__(self, options, kserve: KServe, tfserving: TFServing, pipeline: Pipeline, metrics):
         self.options = options
         self.metrics = metrics
         self.process = kserve.registry.process
@@ -91,6 +93,7 @@ class HttpServer:
             client_max_size=options.max_message_bytes, middlewares=[self._errors, self._admit]
         )
         self.app.router.add_routes(kserve_routes(kserve, options.max_message_bytes // JSON_SHARE))
+        self.app.router.add_routes(tfserving_routes(tfserving, options.max_message_bytes // JSON_SHARE))
         self.app.router.add_routes(upload.routes(kserve.registry, pipeline))
         for path in METRICS_PATHS:
             self.app.router.add_get(path, self._metrics)
