@@ -133,3 +133,34 @@ def test_http_takes_the_same_certificates_and_token(secure_server, pki):
         https(secure_server, pki, "/v2/health/ready", cert=False)
     with pytest.raises((urllib.error.URLError, ConnectionError)):  # and no plaintext
         urllib.request.urlopen(f"http://127.0.0.1:{secure_server.http_port}/v2/health/ready", timeout=10)
+
+
+def test_tf_servings_apis_take_the_same_certificates_and_token(secure_server, pki):
+    """TF Serving's clients add the token as gRPC metadata or an HTTP header and the
+    certificates to their channel; without the token, neither dialect answers."""
+    import json
+
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "tiny", "predict"
+    tensor = request.inputs["images"]
+    tensor.dtype = 4  # DT_UINT8
+    for size in (1, *IMAGE.shape):
+        tensor.tensor_shape.dim.add(size=size)
+    tensor.tensor_content = IMAGE.tobytes()
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "tiny"
+    credentials = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes())
+    with grpc.secure_channel(secure_server.target, credentials) as channel:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        assert list(predict(request, timeout=30, metadata=[("authorization", f"Bearer {TOKEN}")]).outputs) == ["logits", "probabilities", "class_index"]
+        for rpc, message in ((predict, request), (model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus, status)):
+            with pytest.raises(grpc.RpcError) as err:
+                rpc(message, timeout=30, metadata=[("authorization", "Bearer wrong")])
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    body = json.dumps({"signature_name": "predict", "instances": [IMAGE.tolist()]})
+    ok, answer, _ = https(secure_server, pki, "/v1/models/tiny:predict", method="POST", body=body)
+    assert ok == 200 and len(json.loads(answer)["predictions"]) == 1
+    for path, method in (("/v1/models/tiny:predict", "POST"), ("/v1/models/tiny", "GET"), ("/v1/models/tiny/metadata", "GET")):
+        assert https(secure_server, pki, path, token=None, method=method, body=body if method == "POST" else None)[0] == 401

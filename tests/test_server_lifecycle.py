@@ -2,6 +2,9 @@
 model slow enough (about 10 ms an image) for queues to build."""
 
 import asyncio
+import base64
+import functools
+import json
 import threading
 import time
 
@@ -119,6 +122,50 @@ def test_full_queue_sheds_with_resource_exhausted_and_recovers(strict):
         assert client.explain(IMAGE).class_index >= 0
 
 
+def tfserving_request():
+    """A TF Serving Predict of IMAGE on `slow`'s explain signature, as tensorflow-serving-api builds it."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "slow", "explain"
+    tensor = request.inputs["images"]
+    tensor.dtype = 4  # DT_UINT8
+    for size in (1, *IMAGE.shape):
+        tensor.tensor_shape.dim.add(size=size)
+    tensor.tensor_content = IMAGE.tobytes()
+    return request
+
+
+def tfserving_flood(target, count, timeout):
+    """`count` concurrent TF Serving Predict calls; their status codes."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    async def main():
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub, request = prediction_service_pb2_grpc.PredictionServiceStub(channel), tfserving_request()
+
+            async def one():
+                try:
+                    await stub.Predict(request, timeout=timeout)
+                    return grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as err:
+                    return err.code()
+
+            return await asyncio.gather(*(one() for _ in range(count)))
+
+    return asyncio.run(main())
+
+
+def test_tf_servings_api_is_shed_and_cut_at_deadlines_as_the_others_are(strict):
+    """Overload is refused before work with RESOURCE_EXHAUSTED, and calls whose deadline
+    passes while queued end DEADLINE_EXCEEDED, counted under TF Serving's api."""
+    shed = tfserving_flood(strict.target, 64, timeout=30)
+    assert set(shed) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(shed)
+    late = tfserving_flood(strict.target, 16, timeout=0.08)
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in late and set(late) <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert strict.metric("camserve_requests_total", api="tfserving", code="RESOURCE_EXHAUSTED") >= shed.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
 def test_requests_whose_deadline_passes_in_the_queue_never_run(strict):
     """16 requests of ~10 ms each, one at a time, with an 80 ms deadline: the late
     ones expire while queued, are dropped unrun, and the metrics say so."""
@@ -192,7 +239,7 @@ def test_a_failed_image_cancels_its_siblings_before_the_call_ends(strict):
 
 
 def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
-    """Callers keep sending, over gRPC and over HTTP, while the server is told to
+    """Callers keep sending, over gRPC and over HTTP (native, upload and TF Serving's), while the server is told to
     stop: everything sent before the signal succeeds, later calls succeed or are
     refused, health turns NOT_SERVING, and the process exits 0. Refusals are
     UNAVAILABLE (HTTP 503) from camserve; calls that reach gRPC while its listener
@@ -217,12 +264,14 @@ def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
                 except grpc.RpcError as err:
                     outcomes.append((started, err.code()))
 
-    def http_caller():
+    rest = json.dumps({"signature_name": "explain", "instances": [{"b64": base64.b64encode(png).decode()}]})
+
+    def http_caller(path="/camserve/models/slow/explain?heatmap=uint8", body=png):
         while not stop.is_set():
             started = time.monotonic()
             connection = http.client.HTTPConnection("127.0.0.1", strict.http_port, timeout=30)
             try:
-                connection.request("POST", "/camserve/models/slow/explain?heatmap=uint8", body=png)
+                connection.request("POST", path, body=body)
                 outcomes.append((started, connection.getresponse().status))
             except ConnectionError:
                 outcomes.append((started, "no listener"))
@@ -230,7 +279,21 @@ def test_sigterm_finishes_accepted_work_and_exits_zero(strict):
             finally:
                 connection.close()
 
-    threads = [threading.Thread(target=target) for target in [caller] * 4 + [http_caller] * 4]
+    def tfserving_caller():
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        with grpc.insecure_channel(strict.target) as channel:
+            stub, request = prediction_service_pb2_grpc.PredictionServiceStub(channel), tfserving_request()
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    stub.Predict(request, timeout=30)
+                    outcomes.append((started, grpc.StatusCode.OK))
+                except grpc.RpcError as err:
+                    outcomes.append((started, err.code()))
+
+    tfserving_rest_caller = functools.partial(http_caller, "/v1/models/slow:predict", rest)
+    threads = [threading.Thread(target=target) for target in [caller] * 3 + [tfserving_caller] * 2 + [http_caller] * 2 + [tfserving_rest_caller]]
     for t in threads:
         t.start()
     time.sleep(1.0)
