@@ -298,3 +298,52 @@ def test_rest_status_and_metadata(tfs):
 def test_rest_errors_have_tf_servings_codes_and_shape(tfs, path, document, code):
     status, answer = rest(tfs, path, document)
     assert status == code and set(answer) == {"error"} and answer["error"], answer
+
+
+def test_the_readme_migration_works(tmp_path):
+    """README's "Replacing TF Serving", steps 1-3 as written (paths and ports swapped for
+    the test's): the export command, the serve command, the Python client."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from camserve.server.ops.process import ServerProcess, free_port
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Replacing TF Serving") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```(\w*)\n(.*?)```", section, re.S)
+    export_line = next(b for kind, b in blocks if "camserve export" in b).strip()
+    serve_line = next(b for kind, b in blocks if "camserve serve" in b).strip().splitlines()[0]
+    client = next(b for kind, b in blocks if kind == "python")
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((HEIGHT, WIDTH, 3), name="input_layer")
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="last_conv")(inputs)
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "model.keras")
+    models_dir = tmp_path / "models"
+    grpc_port, rest_port = free_port(), free_port()
+
+    def swapped(line: str) -> list[str]:
+        line = line.replace("/models", str(models_dir)).replace("model.keras", str(tmp_path / "model.keras"))
+        line = line.replace("8500", str(grpc_port)).replace("8501", str(rest_port))
+        return [sys.executable, "-m", "camserve", *line.split()[1:]]
+
+    exported = subprocess.run(swapped(export_line), capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    # The README's ports are TF Serving's; here the metrics port (default 8501) is off to stay off them.
+    command = [*swapped(serve_line), "--host", "127.0.0.1", "--metrics-port", "0"]
+    process = ServerProcess(tmp_path, tmp_path / "serve.log", command=command, port=grpc_port)
+    try:
+        process.wait_for("SERVING")
+        batch = inputs_of(images(2, seed=10))
+        scope = {"batch": batch}
+        exec(client.replace("localhost:8500", f"127.0.0.1:{grpc_port}"), scope)  # noqa: S102 - the README's own code
+        np.testing.assert_allclose(scope["probabilities"], model(batch).numpy(), rtol=1e-4, atol=1e-6)
+        assert scope["heatmaps"].shape == (2, HEIGHT, WIDTH) and np.isfinite(scope["heatmaps"]).all()
+        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/v1/models/resnet", timeout=30).read())
+        assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        process.terminate()
