@@ -2,11 +2,15 @@
 to another, against the same SavedModel in-process on the server's core.
 
     python benchmarks/request_path.py [--source demo] [--concurrency 1 32] [--seconds 8]
-                                      [--workers 1 2] [--perf-analyzer PATH] [--server-args ...]
+                                      [--workers 1 2] [--perf-analyzer PATH] [--dialects all]
+                                      [--server-args ...]
 
 Per API (KServe over gRPC and over HTTP driven by Triton's perf_analyzer,
-native by camserve's own load tester, native with 8 images per ExplainMany call)
-and concurrency: the mean batch the model ran,
+native by camserve's own load tester, native with 8 images per ExplainMany call;
+with --dialects, the dialects of DIALECTS driven by this script's own asyncio
+load generator, one for all of them: KServe gRPC, KServe HTTP with binary
+tensors and with JSON, TF Serving's gRPC Predict and REST :predict, each asking
+for the maps) and concurrency: the mean batch the model ran,
 throughput, p50/p99, the server's CPU seconds per image (from /proc), and the
 ratio to the best in-process throughput (batch 1/8/32) on one of the server's
 cores. The load generator gets the last core and the server the others; with a
@@ -157,6 +161,125 @@ def native(pin: list[str], target: str, model: str, concurrency: int, seconds: f
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# The dialects the asyncio load generator speaks (--dialects), and their rows' names.
+DIALECTS = {
+    "kserve-grpc": "KServe gRPC (asyncio)",
+    "kserve-http": "KServe HTTP binary (asyncio)",
+    "kserve-json": "KServe HTTP JSON (asyncio)",
+    "tfserving-grpc": "TF Serving gRPC Predict (asyncio)",
+    "tfserving-rest": "TF Serving REST :predict (asyncio)",
+}
+
+# A closed loop like NATIVE's (`concurrency` callers, a second of warm-up, then
+# `seconds` measured), for every dialect of DIALECTS: one gRPC channel (as
+# perf_analyzer opens), or one HTTP/1.1 connection per caller. Each call sends the
+# same prepared request of `per_call` uint8 images [N,H,W,3] and asks for every
+# output of the explain signature (scores and maps); answers are checked once
+# before the loop, and in it only for their status, so that the generator's
+# core spends little on parsing them.
+ASYNC_LOAD = """
+import asyncio, json, sys, time, numpy as np
+dialect, target, http, model = sys.argv[1:5]
+concurrency, seconds, per_call, h, w = int(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
+images = np.random.default_rng(0).integers(0, 256, (per_call, h, w, 3), dtype=np.uint8)
+MAPS = {"heatmap", "heatmap_scale"}
+
+def grpc_call():
+    import grpc
+    channel = grpc.aio.insecure_channel(target)
+    if dialect == "kserve-grpc":
+        from camserve.kserve import grpc_predict_v2_pb2 as kpb, grpc_predict_v2_pb2_grpc as kgrpc
+        request = kpb.ModelInferRequest(model_name=model)
+        request.inputs.add(name="images", datatype="UINT8", shape=images.shape)
+        request.raw_input_contents.append(images.tobytes())
+        send = kgrpc.GRPCInferenceServiceStub(channel).ModelInfer
+        def check(answer):
+            return {o.name for o in answer.outputs}, answer.outputs[0].shape[0]
+    else:
+        from tensorflow.core.framework import types_pb2
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = model, "explain"
+        tensor = request.inputs["images"]
+        tensor.dtype = types_pb2.DT_UINT8
+        tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=d) for d in images.shape)
+        tensor.tensor_content = images.tobytes()
+        send = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        def check(answer):
+            return set(answer.outputs), answer.outputs["heatmap"].tensor_shape.dim[0].size
+    async def call():
+        return await send(request, timeout=60)
+    return call, check, channel.close
+
+def http_call():
+    import aiohttp
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+    headers = {"Content-Type": "application/json"}
+    if dialect == "tfserving-rest":
+        url = f"{http}/v1/models/{model}:predict"
+        body = json.dumps({"signature_name": "explain", "instances": images.tolist()}).encode()
+        def check(payload, _):
+            predictions = json.loads(payload)["predictions"]
+            return set(predictions[0]), len(predictions)
+    else:
+        url = f"{http}/v2/models/{model}/infer"
+        shape = list(images.shape)
+        if dialect == "kserve-json":
+            body = json.dumps({"inputs": [{"name": "images", "shape": shape, "datatype": "UINT8", "data": images.ravel().tolist()}]}).encode()
+        else:
+            tensor = {"name": "images", "shape": shape, "datatype": "UINT8", "parameters": {"binary_data_size": images.nbytes}}
+            header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+            body = header + images.tobytes()
+            headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+        def check(payload, length):
+            outputs = json.loads(payload[: int(length)] if length else payload)["outputs"]
+            return {o["name"] for o in outputs}, outputs[0]["shape"][0]
+    async def call():
+        async with session.post(url, data=body, headers=headers) as response:
+            payload = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {payload[:300]!r}")
+            return payload, response.headers.get("Inference-Header-Content-Length")
+    return call, (lambda answer: check(*answer)), session.close
+
+async def main():
+    call, check, close = grpc_call() if dialect.endswith("grpc") else http_call()
+    names, n = check(await call())
+    assert MAPS <= names and n == per_call, (names, n)
+    latencies, done, errors = [], 0, 0
+    async def caller():
+        nonlocal done, errors
+        end = time.monotonic() + seconds + 1.0
+        measure = time.monotonic() + 1.0
+        while (now := time.monotonic()) < end:
+            try:
+                await call()
+            except Exception as err:
+                errors += 1
+                if errors == 1:
+                    print(f"first error: {err!r}"[:500], file=sys.stderr)
+                continue
+            if now >= measure:
+                latencies.append((time.monotonic() - now) * 1e3); done += per_call
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await close()
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(json.dumps({"images_per_s": done / seconds, "p50_ms": p50, "p99_ms": p99, "errors": errors}))
+asyncio.run(main())
+"""
+
+
+def dialect_load(
+    pin: list[str], dialect: str, server, model: str, concurrency: int, seconds: float, size, per_call: int = 1
+) -> dict:
+    """One level of ASYNC_LOAD against `server` in `dialect` (a key of DIALECTS)."""
+    args = [dialect, server.target, server.http, model, str(concurrency), str(seconds), str(per_call), str(size[0]), str(size[1])]
+    done = subprocess.run([*pin, sys.executable, "-c", ASYNC_LOAD, *args], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the {dialect} load failed: {done.stderr[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def served(server) -> float:
     return server.metric("camserve_executed_requests_total")
 
@@ -182,10 +305,16 @@ def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best
         if args.perf_analyzer:
             loads += [("kserve, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
             loads += [("kserve HTTP, 8 images per call", max(1, c // 8), 8) for c in args.concurrency if c >= 8]
+        # The asyncio generator's dialects side by side at each level, so that drift hits them alike.
+        levels = [(c, 1) for c in args.concurrency] + [(max(1, c // 8), 8) for c in args.concurrency if c >= 8]
+        loads += [(DIALECTS[d], c, n) for c, n in levels for d in args.dialects]
         for api, concurrency, per_call in loads:
             cpu0, images0, calls0 = tree_cpu_seconds(server.process.pid), served(server), worker_calls(server, workers)
             batches0 = server.metric("camserve_batch_size_count")
-            if api.startswith("kserve HTTP"):
+            dialect = next((d for d, name in DIALECTS.items() if name == api), None)
+            if dialect:
+                result = dialect_load(load_pin, dialect, server, args.source, concurrency, args.seconds, size, per_call)
+            elif api.startswith("kserve HTTP"):
                 url = server.http.removeprefix("http://")
                 result = perf_analyzer(args.perf_analyzer, load_pin, url, args.source, concurrency, args.seconds, per_call, "http")
             elif api.startswith("kserve"):
@@ -199,6 +328,8 @@ def run_server(args, repo: Path, tmp: Path, workers: int, size, best: dict, best
             row = {
                 "workers": workers,
                 "api": api,
+                "generator": ("asyncio, grpc.aio" if dialect.endswith("grpc") else "asyncio, aiohttp") if dialect
+                else "camserve AsyncClient" if api.startswith("native") else "perf_analyzer",
                 "concurrency": concurrency,
                 "images_per_call": per_call,
                 **{k: round(v, 2) for k, v in result.items()},
@@ -225,9 +356,13 @@ def main():
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--perf-analyzer", default=os.environ.get("CAMSERVE_PERF_ANALYZER") or shutil.which("perf_analyzer"))
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="`serve --workers` counts, one server each")
+    parser.add_argument("--dialects", nargs="+", default=[], choices=[*DIALECTS, "all"],
+                        help="rows from the asyncio load generator (DIALECTS), beside perf_analyzer's and the native ones")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="extra `camserve serve` flags")
     parser.add_argument("--label", default="", help="a name for this configuration in the results file")
     args = parser.parse_args()
+    if "all" in args.dialects:
+        args.dialects = list(DIALECTS)
     server_pin, load_pin, one_core = cores()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
