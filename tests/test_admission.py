@@ -40,6 +40,9 @@ def test_bad_versions_in_metadata_calls_are_invalid_or_not_found(server):
         with pytest.raises(grpc.RpcError) as err:
             native.GetModel(pb.GetModelRequest(model="tiny", version=7), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "(loaded: 1)" in err.value.details(), "the registry's one NOT_FOUND wording"
+        # An empty name means the one model, as Explain takes it.
+        assert native.GetModel(pb.GetModelRequest(), timeout=10).name == "tiny"
     # KServe through tritonclient (our KServe stubs and its cannot share a process).
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException

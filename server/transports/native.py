@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-import grpc
-
 from camserve import overlay
 from camserve.v1 import camserve_pb2 as pb
 
@@ -154,8 +152,7 @@ def get_model(registry: Registry, name: str, version: int) -> pb.ModelInfo:
         return model_info(model)
     known = sorted((v, s) for (n, v), s in registry.states.items() if n == name)
     matches = [(v, s) for v, s in known if v == version] if version else known[-1:]
-    if not matches:
-        registry.get(name, version, serving=False)  # raises the one NOT_FOUND every API gives
-        raise RequestError(grpc.StatusCode.NOT_FOUND, f"model {name!r} version {version} is not served here")
+    if not matches:  # the one NOT_FOUND every API gives, or the model an empty name means on a one-model server
+        return model_info(registry.get(name, version, serving=False))
     found, state = matches[0]
     return pb.ModelInfo(name=name, version=found, state=state.state, state_reason=state.reason)
