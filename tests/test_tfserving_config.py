@@ -225,7 +225,7 @@ def test_the_model_flags_are_checked_before_anything_starts(tmp_path, capsys, fl
 def test_a_models_config_serves_each_model_by_its_policy(exports, tmp_path):
     """Two versions of `a` with labels stable/canary (specific 1, 2; version 3 on disk
     is not wanted), `b` under latest { num_versions: 2 } of three: served as the file
-    says, over camserve's native API, labels in the registry (the log says)."""
+    says, over camserve's native API; its labels over TF Serving's."""
     from camserve.client import Client
     from camserve.server.ops.process import ServerProcess
 
@@ -250,11 +250,48 @@ def test_a_models_config_serves_each_model_by_its_policy(exports, tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 client.explain(image, model="a", version=3)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        _labels_over_tf_servings_apis(server, image)
     finally:
         server.terminate()
     log = server.log.read_text()
     assert "a: version labels canary -> 2, stable -> 1" in log
     assert "loading a version 3 " not in log and "loading b version 1 " not in log
+
+
+def _labels_over_tf_servings_apis(server, image):
+    """The labels as TF Serving's clients ask for them: model_spec.version_label over gRPC,
+    /labels/L over REST; an unknown one INVALID_ARGUMENT (400)."""
+    import json
+    import urllib.error
+
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+
+    def predict(label: str):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.version_label, request.model_spec.signature_name = "a", label, "predict"
+        tensor = request.inputs["images"]
+        tensor.dtype = 4  # DT_UINT8
+        for size in (1, *image.shape):
+            tensor.tensor_shape.dim.add(size=size)
+        tensor.tensor_content = image.tobytes()
+        return stub.Predict(request, timeout=30).model_spec.version.value
+
+    assert predict("stable") == 1 and predict("canary") == 2
+    with pytest.raises(grpc.RpcError) as err:
+        predict("beta")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Unrecognized servable version label: beta" in err.value.details()
+    body = json.dumps({"signature_name": "predict", "instances": [image.tolist()]}).encode()
+    for label, code in (("stable", 200), ("canary", 200), ("beta", 400)):
+        request = urllib.request.Request(f"{server.http}/v1/models/a/labels/{label}:predict", data=body, method="POST")
+        try:
+            status = urllib.request.urlopen(request, timeout=30).status
+        except urllib.error.HTTPError as failed:
+            status = failed.code
+        assert status == code, label
+    metadata = json.loads(urllib.request.urlopen(f"{server.http}/v1/models/a/labels/stable/metadata", timeout=30).read())
+    assert metadata["model_spec"]["version"] == "1"
 
 
 def test_a_model_base_path_is_served_under_its_model_name(exports, tmp_path):
