@@ -33,6 +33,7 @@ from pathlib import Path
 
 from camserve.export import repository
 
+from ..ops import heap
 from ..ops.observer import Observer
 from . import config as model_config
 from .config import ConfigError, ModelConfig
@@ -207,6 +208,7 @@ class ModelManager:
             self._retire(replaced)
         self._set_state(name, version, AVAILABLE)
         log.info("serving %s version %d on %s", name, version, self.device)
+        heap.settle()
         return True
 
     def _retire(self, model: ServedModel):
@@ -223,6 +225,7 @@ class ModelManager:
         await model.batcher.drained()
         await model.batcher.stop()
         await asyncio.get_running_loop().run_in_executor(None, model.close)
+        heap.settle()
         log.info("retired %s version %d", model.name, model.version)
 
     def _set_state(self, name: str, version: int, state: str, reason: str = ""):
