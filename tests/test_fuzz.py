@@ -534,7 +534,7 @@ def assert_tfs_documented(rpc, request):
         assert err.details(), "every refusal says why"
 
 
-@FUZZ
+@HTTP_FUZZ
 @given(request=tfserving_requests())
 def test_tfserving_predict_requests_get_documented_statuses(channel, request):
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -583,7 +583,7 @@ def tfserving_rest_bodies(draw):
     return json.dumps(document).encode()
 
 
-@HTTP_FUZZ
+@FEW
 @given(body=tfserving_rest_bodies(), where=st.sampled_from(["", "", "/versions/1", "/versions/2", "/labels/stable", "/versions/%C2%B2"]),
        verb=st.sampled_from([":predict", ":predict", ":explain"]))
 def test_tfserving_rest_predict_gets_documented_statuses(server, body, where, verb):
@@ -597,7 +597,7 @@ TFS_ROUTES = [
 ]
 
 
-@HTTP_FUZZ
+@FEW
 @given(route=st.sampled_from(TFS_ROUTES), model=segments, version=versions, method=st.sampled_from(["route's", "route's", "GET", "POST", "DELETE"]))
 def test_every_tfserving_path_parameter_gets_documented_statuses(server, route, model, version, method):
     verb, template = route
