@@ -164,12 +164,16 @@ def test_a_version_label_names_a_version_with_tf_servings_statuses():
 
 
 def _options(monkeypatch, *argv):
-    """The ServerOptions `camserve serve ARGV` would start a server with."""
+    """The ServerOptions `camserve serve ARGV` would start a server with. The server
+    module itself is not imported: its KServe stubs and tritonclient's (which other
+    tests load) cannot share a process."""
+    import sys
+    import types
+
     from camserve.cli import main
-    from camserve.server import app
 
     seen = []
-    monkeypatch.setattr(app, "serve", lambda options: seen.append(options) or 0)
+    monkeypatch.setitem(sys.modules, "camserve.server.app", types.SimpleNamespace(serve=lambda options: seen.append(options) or 0))
     assert main(["serve", *argv]) == 0
     return seen[0]
 
