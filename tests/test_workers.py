@@ -233,8 +233,15 @@ def test_the_state_folder_goes_after_a_worker_is_killed_and_the_server_stopped(g
     victim = workers_of(guarded.process)[0]
     with Client(guarded.target, model="tiny", token=TOKEN, retries=4) as client:
         os.kill(victim, signal.SIGKILL)
+        # A killed process is alive until the kernel has taken it down: counted too soon, it is
+        # one of "2 alive", and SIGTERM reaches the supervisor before it saw the death (exit -9).
+        wait_until(lambda: not alive(victim), what="the killed worker gone")
         client.explain(IMAGE, timeout=10)  # the other worker
-        wait_until(lambda: len([p for p in workers_of(guarded.process) if alive(p)]) == 2 and available(guarded) == 2, what="a new worker")
+        wait_until(
+            lambda: victim not in workers_of(guarded.process) and len([p for p in workers_of(guarded.process) if alive(p)]) == 2
+            and available(guarded) == 2,
+            what="a new worker",
+        )
         client.explain(IMAGE, timeout=10)
     guarded.process.send_signal(signal.SIGTERM)
     assert guarded.process.wait(60) == 0
