@@ -140,15 +140,11 @@ def test_tf_servings_apis_take_the_same_certificates_and_token(secure_server, pk
     certificates to their channel; without the token, neither dialect answers."""
     import json
 
-    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name, request.model_spec.signature_name = "tiny", "predict"
-    tensor = request.inputs["images"]
-    tensor.dtype = 4  # DT_UINT8
-    for size in (1, *IMAGE.shape):
-        tensor.tensor_shape.dim.add(size=size)
-    tensor.tensor_content = IMAGE.tobytes()
+    from tests.tfserving_requests import images_request
+
+    request = images_request("tiny", IMAGE[np.newaxis], "predict")
     status = get_model_status_pb2.GetModelStatusRequest()
     status.model_spec.name = "tiny"
     credentials = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes())

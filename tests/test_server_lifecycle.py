@@ -124,16 +124,9 @@ def test_full_queue_sheds_with_resource_exhausted_and_recovers(strict):
 
 def tfserving_request():
     """A TF Serving Predict of IMAGE on `slow`'s explain signature, as tensorflow-serving-api builds it."""
-    from tensorflow_serving.apis import predict_pb2
+    from tests.tfserving_requests import images_request
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name, request.model_spec.signature_name = "slow", "explain"
-    tensor = request.inputs["images"]
-    tensor.dtype = 4  # DT_UINT8
-    for size in (1, *IMAGE.shape):
-        tensor.tensor_shape.dim.add(size=size)
-    tensor.tensor_content = IMAGE.tobytes()
-    return request
+    return images_request("slow", IMAGE[np.newaxis], "explain")
 
 
 def tfserving_flood(target, count, timeout):

@@ -268,19 +268,14 @@ def _labels_over_tf_servings_apis(server, image):
     import json
     import urllib.error
 
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from tests.tfserving_requests import images_request
 
     stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
 
     def predict(label: str):
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name, request.model_spec.version_label, request.model_spec.signature_name = "a", label, "predict"
-        tensor = request.inputs["images"]
-        tensor.dtype = 4  # DT_UINT8
-        for size in (1, *image.shape):
-            tensor.tensor_shape.dim.add(size=size)
-        tensor.tensor_content = image.tobytes()
-        return stub.Predict(request, timeout=30).model_spec.version.value
+        return stub.Predict(images_request("a", image[np.newaxis], "predict", label), timeout=30).model_spec.version.value
 
     assert predict("stable") == 1 and predict("canary") == 2
     with pytest.raises(grpc.RpcError) as err:
