@@ -76,7 +76,8 @@ def parse(text: str, file: str = "models.config") -> list[ModelSource]:
         raise ConfigError(f"{file}: model_config_list lists no model")
     sources, seen = [], set()
     for config in message.model_config_list.config:
-        where = f"{file}: model {config.name!r}" + (f" ({_line(text, config.name)})" if config.name and _line(text, config.name) else "")
+        line = _line(text, config.name) if config.name else ""
+        where = f"{file}: model {config.name!r}" + (f" ({line})" if line else "")
         if not config.name:
             raise ConfigError(f"{file}: a config has no name")
         if config.name in seen:  # TF Serving's words

@@ -106,10 +106,14 @@ class TFServing:
     def model(self, spec: Spec, serving: bool = True) -> Model:
         return self.registry.get(spec.name, spec.version, serving, label=spec.label)
 
-    def signature(self, model: Model, name: str) -> tuple[str, Signature]:
+    def _table(self, model: Model) -> dict[str, Signature]:
         table = self._signatures.get(model)
         if table is None:
             table = self._signatures[model] = _signatures(model)
+        return table
+
+    def signature(self, model: Model, name: str) -> tuple[str, Signature]:
+        table = self._table(model)
         name = name or DEFAULT
         if name not in table:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found. Signatures are {", ".join(sorted(table))}')
@@ -140,7 +144,7 @@ class TFServing:
     def metadata(self, spec: Spec) -> tuple[Model, dict]:
         """(the model, its SignatureDefMap as protobuf JSON)."""
         model = self.model(spec, serving=False)
-        table = {name: self.signature(model, name)[1] for name in _signatures(model)}
+        table = self._table(model)
 
         def info(prefix: str, alias: str, tensor: TensorSpec) -> dict:
             dims = [{"size": str(d), "name": ""} for d in tensor.shape]

@@ -33,7 +33,7 @@ from ..tfserving import STRING, Signature, Spec, TensorSpec, TFServing
 
 # A body at least this large is parsed into arrays on the decode pool, not on the event loop.
 HEAVY_BODY = 64 * 1024
-KINDS = {"float": "biuf", "int": "iu", "uint": "iu", "bool": "b"}  # numpy kinds a JSON value may have, per dtype kind
+KINDS = {"f": "biuf", "i": "iu", "u": "iu", "b": "b"}  # numpy kinds a JSON value may have, by the tensor's dtype kind
 
 
 def _is_b64(value) -> bool:
@@ -62,7 +62,7 @@ def _value(alias: str, value, tensor: TensorSpec | None):
     except ValueError:
         raise invalid(f"input {alias!r}: a list at an unexpected size (not a rectangular list of values)") from None
     dtype = np.dtype(tensor.dtype)
-    allowed = KINDS["bool" if dtype.kind == "b" else "float" if dtype.kind == "f" else "int"]
+    allowed = KINDS[dtype.kind]
     if array.size and array.dtype.kind not in allowed:
         what = "booleans" if dtype.kind == "b" else "JSON integers" if dtype.kind in "iu" else "numbers"
         raise invalid(f"input {alias!r} is {tensor.dtype}: its values are {what}")
