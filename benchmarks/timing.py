@@ -1,6 +1,9 @@
 """Throughput measurement that tolerates a shared, noisy machine: configurations
-are measured in interleaved rounds and each keeps its best round."""
+are measured in interleaved rounds, each round in a new random order (a drift over
+the run must not favour whoever is measured first), and each keeps its best round."""
 
+import gc
+import random
 import time
 
 
@@ -16,13 +19,21 @@ def images_per_second(fn, images: int, min_seconds: float) -> float:
 
 
 def best_of_rounds(configs: dict, images: int, rounds: int = 3, min_seconds: float = 2.0) -> dict:
-    """{name: fn} -> {name: best images/s}; rounds alternate between configs."""
+    """{name: fn} -> {name: best images/s}; rounds alternate between configs, each
+    round in its own shuffled order (seeded: a rerun measures in the same orders)."""
     for fn in configs.values():
         fn()  # warm-up: tracing and compilation stay out of the numbers
-    best = dict.fromkeys(configs, 0.0)
+    # TensorFlow's heap is a few hundred thousand objects: a full pass of the cyclic
+    # collector over it (about 0.17 s) must not land inside one configuration's seconds.
+    gc.collect()
+    gc.freeze()
+    order, best = list(configs), dict.fromkeys(configs, 0.0)
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for name, fn in configs.items():
-            best[name] = max(best[name], images_per_second(fn, images, min_seconds))
+        shuffle(order)
+        for name in order:
+            best[name] = max(best[name], images_per_second(configs[name], images, min_seconds))
+    gc.unfreeze()
     return best
 
 
