@@ -265,3 +265,29 @@ def test_eigen_cam_of_activations_near_float32_s_floor_is_the_same_map_scaled(me
     for i in range(2):
         want = reference.method_map(method, a[i] * 1e-19, g[i])
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5 * want.max())
+
+
+def test_the_top_eigenvector_stops_squaring_early_only_where_that_is_exact():
+    """The squaring stops once every matrix of the batch is rank one: a batch mixing a
+    well-separated spectrum, a near-degenerate one (ratio 0.998, which needs all 16
+    squarings) and a zero matrix gets each one's float64 eigenvector (the zero's: zero)."""
+    import tensorflow as tf
+
+    from camserve.export.methods.eigencam import top_eigenvector
+
+    rng = np.random.default_rng(5)
+    grams, tops = [], []
+    for ratio in (0.3, 0.998, 0.9):
+        q, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+        eigenvalues = np.concatenate([[1.0, ratio], rng.uniform(0, 0.5 * ratio, 62)])
+        grams.append((q * eigenvalues) @ q.T)
+        tops.append(q[:, 0])
+    grams.append(np.zeros((64, 64)))
+    got = top_eigenvector(tf.constant(np.stack(grams), tf.float32)).numpy()
+    for i, want in enumerate(tops):
+        sign = np.sign(got[i] @ want)
+        np.testing.assert_allclose(sign * got[i], want, atol=2e-6)
+    assert not got[3].any()
+    # The well-separated one alone settles early and is the same vector to rounding.
+    alone = top_eigenvector(tf.constant(np.stack(grams[:1]), tf.float32)).numpy()[0]
+    np.testing.assert_allclose(np.sign(alone @ tops[0]) * alone, tops[0], atol=2e-7)
