@@ -6,7 +6,7 @@ from __future__ import annotations
 from camserve.kserve import grpc_predict_v2_pb2 as kpb
 from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
-from ...pipeline.errors import abort
+from ...pipeline.errors import fail
 from ...pipeline.streams import completion_order
 from ..kserve import KServe
 
@@ -20,7 +20,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             return work(*args)
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)
 
     async def ServerLive(self, request, context):
         return kpb.ServerLiveResponse(live=self.process.live)
@@ -47,7 +47,7 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self.kserve.infer(request, context, "kserve")
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)
 
     async def ModelStreamInfer(self, request_iterator, context):
         async def infer_one(request):

@@ -9,7 +9,7 @@ from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 
 from ...models.registry import Registry
-from ...pipeline.errors import RequestError, abort, invalid
+from ...pipeline.errors import RequestError, fail, invalid
 from ...pipeline.explain import Job, Pipeline
 from ...pipeline.streams import completion_order
 from .. import native
@@ -30,7 +30,7 @@ class CamServeService(pb_grpc.CamServeServicer):
         try:
             return await self.explain(request, context, "native")
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)
 
     async def ExplainStream(self, request_iterator, context):
         """Responses in completion order, each tagged with its request's id; a bad
@@ -61,7 +61,7 @@ class CamServeService(pb_grpc.CamServeServicer):
                 answers[i] = answer
             return pb.ExplainManyResponse(responses=answers)
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)
 
     async def ListModels(self, request, context):
         return native.list_models(self.registry)
@@ -70,4 +70,4 @@ class CamServeService(pb_grpc.CamServeServicer):
         try:
             return native.get_model(self.registry, request.model, request.version)
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)

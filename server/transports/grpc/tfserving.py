@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from ...pipeline.errors import abort, invalid
+from ...pipeline.errors import fail, invalid
 from ..tensors import INLINE_TYPED_VALUES, MAX_TYPED_VALUES
 from ..tfserving import STRING, Signature, Spec, TFServing
 
@@ -137,7 +137,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _fill(response.outputs[alias], array)
             return response
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)
 
     async def GetModelMetadata(self, request, context):
         try:
@@ -154,7 +154,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.metadata["signature_def"].Pack(json_format.ParseDict(definitions, get_model_metadata_pb2.SignatureDefMap()))
             return response
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -166,4 +166,4 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             status = self.tfserving.status(_spec(request))
             return json_format.ParseDict(status, get_model_status_pb2.GetModelStatusResponse())
         except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            await abort(context, err)
+            fail(context, err)
