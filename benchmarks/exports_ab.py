@@ -14,7 +14,6 @@ writes results/exports_ab.json. Pin it with taskset for one core's figures."""
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from timing import interleaved_rounds  # noqa: E402
 from workload import random_images  # noqa: E402
 
 from camserve.export.repository import read_metadata  # noqa: E402
@@ -44,19 +44,13 @@ def configurations(label: str, version: Path, methods: list[str], batch: int) ->
 
 
 def median_ms(configs: dict, rounds: int, calls: int) -> dict:
-    for fn in configs.values():
-        fn()  # tracing stays out of the numbers
-    times, order = {key: [] for key in configs}, list(configs)
-    for r in range(rounds):
-        random.Random(r).shuffle(order)
-        for key in order:
-            start = time.perf_counter()
-            for _ in range(calls):
-                configs[key]()
-            times[key].append((time.perf_counter() - start) / calls * 1e3)
-        print(f"  round {r + 1}/{rounds}", file=sys.stderr, end="\r", flush=True)
-    print(file=sys.stderr)
-    return {key: statistics.median(values) for key, values in times.items()}
+    def ms_a_call(fn):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls * 1e3
+
+    return {key: statistics.median(values) for key, values in interleaved_rounds(configs, rounds, ms_a_call).items()}
 
 
 def main():

@@ -18,23 +18,31 @@ def images_per_second(fn, images: int, min_seconds: float) -> float:
             return calls * images / elapsed
 
 
-def best_of_rounds(configs: dict, images: int, rounds: int = 3, min_seconds: float = 2.0) -> dict:
-    """{name: fn} -> {name: best images/s}; rounds alternate between configs, each
-    round in its own shuffled order (seeded: a rerun measures in the same orders)."""
+def interleaved_rounds(configs: dict, rounds: int, measure) -> dict:
+    """{name: fn} -> {name: [measure(fn) of each round]}; every round measures every
+    configuration, in its own shuffled order (seeded: a rerun measures in the same orders)."""
     for fn in configs.values():
         fn()  # warm-up: tracing and compilation stay out of the numbers
     # TensorFlow's heap is a few hundred thousand objects: a full pass of the cyclic
-    # collector over it (about 0.17 s) must not land inside one configuration's seconds.
+    # collector over it (about 0.17 s) must not land inside one configuration's round.
     gc.collect()
     gc.freeze()
-    order, best = list(configs), dict.fromkeys(configs, 0.0)
+    order, results = list(configs), {name: [] for name in configs}
     shuffle = random.Random(0).shuffle
-    for _ in range(rounds):
-        shuffle(order)
-        for name in order:
-            best[name] = max(best[name], images_per_second(configs[name], images, min_seconds))
-    gc.unfreeze()
-    return best
+    try:
+        for _ in range(rounds):
+            shuffle(order)
+            for name in order:
+                results[name].append(measure(configs[name]))
+    finally:
+        gc.unfreeze()
+    return results
+
+
+def best_of_rounds(configs: dict, images: int, rounds: int = 3, min_seconds: float = 2.0) -> dict:
+    """{name: fn} -> {name: best images/s} over interleaved rounds."""
+    rates = interleaved_rounds(configs, rounds, lambda fn: images_per_second(fn, images, min_seconds))
+    return {name: max(values) for name, values in rates.items()}
 
 
 # The in-process benchmarks' models: (source, weights, input size). Weights "imagenet"
