@@ -137,14 +137,20 @@ class Client(_Base):
     ) -> list[Explanation]:
         """Explanations in the images' order, `per_call` images to an ExplainMany call
         and up to `calls` calls in flight: the same work in fewer calls. A failed
-        image's Explanation has `.error`; `timeout` is each call's."""
+        image's Explanation has `.error`; `timeout` is each call's. A failed call
+        raises its error, and the calls still in flight are cancelled."""
         failed: deque[Explanation] = deque()
         pending, responses = deque(), []
-        for request in _calls(images, self._options(options), per_call, failed):
-            if len(pending) == calls:
-                responses.append(pending.popleft().result())
-            pending.append(self.stub.ExplainMany.future(request, timeout=timeout or self.timeout, metadata=self.metadata))
-        responses.extend(future.result() for future in pending)
+        try:
+            for request in _calls(images, self._options(options), per_call, failed):
+                if len(pending) == calls:
+                    responses.append(pending.popleft().result())
+                pending.append(self.stub.ExplainMany.future(request, timeout=timeout or self.timeout, metadata=self.metadata))
+            responses.extend(future.result() for future in pending)
+        except BaseException:
+            for future in pending:  # a failed call fails the whole: the server stops the rest
+                future.cancel()
+            raise
         return _in_order(responses, failed)
 
     def list_models(self) -> list[pb.ModelInfo]:
@@ -213,8 +219,13 @@ class AsyncClient(_Base):
             async with slots:
                 return await self.stub.ExplainMany(request, timeout=timeout or self.timeout, metadata=self.metadata)
 
-        requests = _calls(images, self._options(options), per_call, failed)
-        return _in_order(await asyncio.gather(*(call(r) for r in requests)), failed)
+        tasks = [asyncio.ensure_future(call(r)) for r in _calls(images, self._options(options), per_call, failed)]
+        try:
+            return _in_order(await asyncio.gather(*tasks), failed)
+        except BaseException:
+            for task in tasks:  # a failed call fails the whole: the server stops the rest
+                task.cancel()
+            raise
 
     async def list_models(self) -> list[pb.ModelInfo]:
         return list((await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata)).models)

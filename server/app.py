@@ -174,8 +174,10 @@ class Server:
         watcher = None
         if loader.done() and not self.stopping.is_set():
             loader.result()
-            if opts.poll_seconds:
-                watcher = asyncio.create_task(self.manager.watch(opts.poll_seconds))
+            # One watcher for both: a pass looks for versions and, when its time has come, at the models.config.
+            intervals = [s for s in (opts.poll_seconds, opts.model_config_poll_seconds) if s]
+            if intervals:
+                watcher = asyncio.create_task(self.manager.watch(min(intervals)))
             await self._enter(phase.SERVING)
             served = ", ".join(f"{m.name} v{m.version}" for m in self.registry.all())
             log.info("SERVING %s", served)

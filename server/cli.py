@@ -32,7 +32,14 @@ def add_parser(subparsers):
     which.add_argument(
         "--model-config-file", "--model_config_file", dest="model_config_file", type=Path,
         help="TF Serving's ModelServerConfig in protobuf text (models.config): each model's name, absolute base_path, "
-        "model_version_policy and version_labels; read once at start (no --model_config_file_poll_wait_seconds)",
+        "model_version_policy and version_labels; read once at start unless --model-config-file-poll-seconds",
+    )
+    p.add_argument(
+        "--model-config-file-poll-seconds", "--model_config_file_poll_wait_seconds", dest="model_config_poll_seconds",
+        type=_at_least(0, float), default=0.0,
+        help="with --model-config-file: how often to read it again when it changed, loading the models it adds, "
+        "unloading those it drops, applying changed policies and labels (a file that no longer reads keeps the "
+        "last good list); 0: read once (TF Serving's --model_config_file_poll_wait_seconds)",
     )
     p.add_argument(
         "--model-name", "--model_name", dest="model_name",
@@ -138,6 +145,7 @@ def run(args) -> int:
         model_base_path=args.model_base_path and args.model_base_path.absolute(),
         model_name=args.model_name or "default",
         model_config_file=args.model_config_file and args.model_config_file.absolute(),
+        model_config_poll_seconds=args.model_config_poll_seconds,
         model_defaults=defaults,
         poll_seconds=args.poll_seconds,
         security=security,
@@ -198,6 +206,8 @@ def _check_models(args):
         raise ValueError("--model-name names the model of --model-base-path; give that too")
     if args.models and args.repo is None:
         raise ValueError("--model picks models of a --repo; with --model-config-file, list them in the file")
+    if args.model_config_poll_seconds and args.model_config_file is None:
+        raise ValueError("--model-config-file-poll-seconds says how often to read --model-config-file; give that too")
     if args.model_base_path is not None and not args.model_base_path.is_dir():
         raise ValueError(f"--model-base-path {args.model_base_path} is not a folder")
     if args.model_config_file is not None:

@@ -21,6 +21,7 @@ class ServerOptions:
     model_base_path: Path | None = None
     model_name: str = "default"  # TF Serving's default name
     model_config_file: Path | None = None
+    model_config_poll_seconds: float = 0.0  # how often the models.config is looked at again; 0: read once
     model_defaults: ModelConfig = field(default_factory=ModelConfig)  # what a model's config.json may override
     security: SecurityOptions = field(default_factory=SecurityOptions)
     poll_seconds: float = 5.0  # how often the repository is checked for versions; 0: never
@@ -45,12 +46,12 @@ class ServerOptions:
 
     def sources(self):
         """The models to serve (models/sources.py); a models.config is read here, in the server process."""
-        from .models.sources import FixedSources, ModelSource, RepoSources
+        from .models.sources import ConfigFileSources, FixedSources, ModelSource, RepoSources
 
         if self.model_config_file is not None:
             from .models import tfserving_config
 
-            return FixedSources(tfserving_config.load(self.model_config_file), str(self.model_config_file))
+            return ConfigFileSources(self.model_config_file, tfserving_config.load, self.model_config_poll_seconds)
         if self.model_base_path is not None:
             return FixedSources([ModelSource(self.model_name, Path(self.model_base_path))], str(self.model_base_path))
         if self.repo is None:

@@ -72,6 +72,18 @@ class _Config:
     config: ModelConfig | None  # None: no good configuration yet
 
 
+def _loads_alike(loaded: ModelConfig, config: ModelConfig) -> bool:
+    """Whether a version loaded under `loaded` is what `config` loads: all of it but the
+    version policy, which says only which versions to serve."""
+    return replace(loaded, policy=config.policy) == config
+
+
+def _current(model: ServedModel, source: ModelSource, config: ModelConfig) -> bool:
+    """Whether a loaded version is the one `source` and `config` would load now: from its
+    folder (a models.config read again may move the model) and alike."""
+    return model.path == source.base_path / str(model.version) and _loads_alike(model.config, config)
+
+
 class ModelManager:
     def __init__(self, sources, defaults: ModelConfig, registry: Registry, device: str, observer: Observer):
         """`sources`: sources.RepoSources or FixedSources, asked for the models each pass."""
@@ -91,9 +103,17 @@ class ModelManager:
         current = self.sources.current()
         self._sources.update(current)
         for name, source in current.items():
-            if source.labels and self.registry.labels.get(name) != source.labels:
+            if self.registry.labels.get(name, {}) != source.labels:
                 self.registry.labels[name] = dict(source.labels)
-                log.info("%s: version labels %s", name, ", ".join(f"{k} -> {v}" for k, v in sorted(source.labels.items())))
+                labels = ", ".join(f"{k} -> {v}" for k, v in sorted(source.labels.items()))
+                log.info("%s: version labels %s", name, labels or "none")
+        if self.sources.declared:
+            for name in sorted(set(self.registry.versions) - set(current)):
+                log.info("%s: no longer listed in %s; unloading it", name, self.sources)
+                self.registry.labels.pop(name, None)
+                self._configs.pop(name, None)
+                for model in list(self.registry.versions[name].values()):
+                    self._retire(model)
         return sorted(set(current) | set(self.registry.versions))
 
     async def sync(self):
@@ -119,7 +139,7 @@ class ModelManager:
             return
         candidates = [v for v in present if self._may_try(source, v, config)]
         wanted = config.policy.choose(candidates)
-        current = {v for v, m in self.registry.versions.get(name, {}).items() if m.config is config}
+        current = {v for v, m in self.registry.versions.get(name, {}).items() if _current(m, source, config)}
         for version in sorted(wanted - current, reverse=True):
             if await self._load(source, version, config) or config.policy.kind != "latest":
                 continue
@@ -144,7 +164,7 @@ class ModelManager:
     def _config(self, source: ModelSource, present: list[int]) -> ModelConfig | None:
         name = source.name
         file = source.base_path / model_config.FILE
-        stamp = model_config.stamp(file)
+        stamp = model_config.stamp(file), source.policy  # a models.config read again may change the policy
         cached = self._configs.get(name)
         if cached and cached.stamp == stamp:
             return cached.config
@@ -162,9 +182,9 @@ class ModelManager:
                     self._set_state(name, version, UNAVAILABLE, f"bad configuration: {err}")
             self._configs[name] = _Config(stamp, previous)
             return previous
-        if previous is not None and config != previous:
+        if previous is not None and not _loads_alike(previous, config):
             log.info("%s: %s changed; reloading its versions with the new configuration", name, model_config.FILE)
-        self._configs[name] = _Config(stamp, config if config != previous else previous)
+        self._configs[name] = _Config(stamp, config if config != previous else previous)  # refusals compare identity
         return self._configs[name].config
 
     def _may_try(self, source: ModelSource, version: int, config: ModelConfig) -> bool:

@@ -5,15 +5,23 @@ one shape for the lifecycle (lifecycle.py):
 - `--repo DIR`: every folder of DIR, or the `--model` names, looked up each pass,
   so a model folder added later is served;
 - `--model-base-path DIR --model-name NAME`: one model (TF Serving's one-model start);
-- `--model-config-file FILE`: its list (tfserving_config.py), fixed at start.
+- `--model-config-file FILE`: its list (tfserving_config.py), read again when it
+  changes if `--model-config-file-poll-seconds` asks (TF Serving's
+  --model_config_file_poll_wait_seconds); a model it stops listing is unloaded.
+`declared`: the list is what to serve, so a loaded model it no longer names goes
+(a repository's folders are not: one missing may be a sync in progress).
 No TensorFlow here."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import VersionPolicy
+from .config import ConfigError, VersionPolicy, stamp
+
+log = logging.getLogger("camserve.sources")
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,8 @@ class ModelSource:
 
 class RepoSources:
     """Every model folder of a repository, or the names asked for, each pass."""
+
+    declared = False
 
     def __init__(self, repo: Path, names: list[str] | None = None):
         self.repo, self.names = Path(repo), names
@@ -41,7 +51,9 @@ class RepoSources:
 
 
 class FixedSources:
-    """A list given once: one --model-base-path, or a models.config's models."""
+    """A list given once: one --model-base-path."""
+
+    declared = True
 
     def __init__(self, sources: list[ModelSource], where: str):
         self.sources = {s.name: s for s in sources}
@@ -52,3 +64,46 @@ class FixedSources:
 
     def __str__(self):
         return self.where
+
+
+class ConfigFileSources:
+    """A models.config's list, read at start and, every `poll_seconds` (0: never),
+    again when the file's size or time changed. A file that no longer reads keeps
+    the last good list, said once a change (TF Serving keeps its config too)."""
+
+    declared = True
+
+    def __init__(self, path: Path, load, poll_seconds: float = 0.0):
+        """`load(path)`: the file's ModelSources, or ConfigError (tfserving_config.load)."""
+        self.path, self.load, self.poll_seconds = Path(path), load, poll_seconds
+        self.stamp = stamp(self.path)
+        self.sources = {s.name: s for s in load(self.path)}
+        self.checked = time.monotonic()
+
+    def current(self) -> dict[str, ModelSource]:
+        if self.poll_seconds and time.monotonic() - self.checked >= self.poll_seconds:
+            self.checked = time.monotonic()
+            now = stamp(self.path)
+            if now != self.stamp:
+                self.stamp = now
+                self._reload()
+        return dict(self.sources)
+
+    def _reload(self):
+        try:
+            sources = {s.name: s for s in self.load(self.path)}
+        except ConfigError as err:
+            log.error("%s; keeping the models it listed before", err)
+            return
+        added, removed = sorted(set(sources) - set(self.sources)), sorted(set(self.sources) - set(sources))
+        changed = sorted(n for n in set(sources) & set(self.sources) if sources[n] != self.sources[n])
+        log.info(
+            "%s read again: %s",
+            self.path,
+            "; ".join(f"{what} {', '.join(names)}" for what, names in (("added", added), ("removed", removed), ("changed", changed)) if names)
+            or "no model changed",
+        )
+        self.sources = sources
+
+    def __str__(self):
+        return str(self.path)

@@ -21,8 +21,9 @@ without --model_config_list_root_dir) or a URI, a name listed twice, a label on 
 version the specific policy never loads. Where camserve is laxer: a missing
 model_platform is taken as "tensorflow" (TF Serving refuses the file).
 
-The file is read once, at start (TF Serving's --model_config_file_poll_wait_seconds
-is not implemented); each model's VERSION/ folders are still watched (--poll-seconds).
+The file is read at start, and again when it changes under
+--model-config-file-poll-seconds (TF Serving's --model_config_file_poll_wait_seconds;
+sources.ConfigFileSources); each model's VERSION/ folders are watched (--poll-seconds).
 The config protos import without TensorFlow (only tensorflow_serving.apis
 needs it), so the command line checks the file before anything starts."""
 

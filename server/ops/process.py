@@ -4,6 +4,7 @@ that need a real server: start it, watch its health and metrics, stop it."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+
+
+# The child is killed when the thread that started it ends, so a crashed caller
+# (a pytest that segfaulted) leaves no server holding its ports and memory. By
+# util-linux's setpriv, which sets it and execs the command: Popen's preexec_fn
+# would run Python in the child of a threaded parent, which may deadlock there.
+SETPRIV = shutil.which("setpriv")
+LIFELINE = (SETPRIV, "--pdeathsig", "KILL") if SETPRIV else ()
 
 
 def free_port() -> int:
@@ -49,7 +58,7 @@ class ServerProcess:
             command = [*prefix, *(launcher or (sys.executable, "-m", "camserve")), "serve", *models, "--host", "127.0.0.1"]
             command += ["--port", str(self.port), "--metrics-port", str(self.metrics_port), "--metrics-host", metrics_host]
             command += ["--http-port", str(self.http_port), *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+        self.process = subprocess.Popen([*LIFELINE, *command], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         # Reconnect quickly: the default backoff (1 s and growing) would miss the warm-up window.
         fast = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100)]
         self.channel = (

@@ -1,5 +1,7 @@
 """A request's failure as the gRPC status and message the caller gets."""
 
+import functools
+import inspect
 import logging
 
 import grpc
@@ -36,3 +38,20 @@ def fail(context, err: Exception):
     failure = as_request_error(err)
     context.set_code(failure.code)
     context.set_details(failure.message)
+
+
+def failing_with_status(handler):
+    """A unary-response gRPC handler (a coroutine method) whose every failure leaves
+    by fail(): the call's status, the handler returning nothing. Not for response
+    streams, which fail each request in band (streams.completion_order)."""
+    if not inspect.iscoroutinefunction(handler):
+        raise TypeError(f"{handler.__qualname__} is not a coroutine function: failing_with_status is for unary responses")
+
+    @functools.wraps(handler)
+    async def answer(self, request, context):
+        try:
+            return await handler(self, request, context)
+        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
+            fail(context, err)
+
+    return answer

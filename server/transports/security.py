@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 
+from ..pipeline.errors import RequestError, fail
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 TOKEN_ENV = "CAMSERVE_AUTH_TOKEN"
 
@@ -66,19 +68,31 @@ class SecurityOptions:
         return [BearerToken(self)] if self.token else []
 
 
+def _refuse(context):
+    fail(context, RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (authorization metadata)"))
+
+
+async def _deny_unary(request_or_iterator, context):
+    """A unary response: the status alone, nothing returned."""
+    _refuse(context)
+
+
+async def _deny_stream(request_or_iterator, context):
+    """A response stream: the status alone, nothing yielded."""
+    _refuse(context)
+    return
+    yield  # an async generator
+
+
 def _deny(handler):
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
-
-    async def deny(request_or_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (authorization metadata)")
-
     kinds = {
-        "unary_unary": grpc.unary_unary_rpc_method_handler,
-        "unary_stream": grpc.unary_stream_rpc_method_handler,
-        "stream_unary": grpc.stream_unary_rpc_method_handler,
-        "stream_stream": grpc.stream_stream_rpc_method_handler,
+        "unary_unary": (grpc.unary_unary_rpc_method_handler, _deny_unary),
+        "unary_stream": (grpc.unary_stream_rpc_method_handler, _deny_stream),
+        "stream_unary": (grpc.stream_unary_rpc_method_handler, _deny_unary),
+        "stream_stream": (grpc.stream_stream_rpc_method_handler, _deny_stream),
     }
-    for kind, make in kinds.items():
+    for kind, (make, deny) in kinds.items():
         if getattr(handler, kind):
             return make(deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
     return None

@@ -19,6 +19,8 @@ import inspect
 
 import grpc
 
+from ...pipeline.errors import RequestError, fail
+
 # Probes: grpc.health.v1 (Kubernetes' gRPC probes, load balancers) and KServe's own.
 EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -46,31 +48,41 @@ class CallLimit(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(self._counted(handler.stream_unary, one=False), **codecs)
         return grpc.stream_stream_rpc_method_handler(self._counted(handler.stream_stream, one=False), **codecs)
 
-    async def _admit(self, context):
+    def _admit(self, context) -> bool:
+        """Counts the call in, or refuses it (its status set) when the limit is full."""
         if self.active >= self.limit:
-            await context.abort(
+            fail(context, RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.active} calls in flight, the server's limit (--max-concurrent-rpcs): retry later",
-            )
+            ))
+            return False
         self.active += 1
+        return True
 
     def _counted(self, behavior, one: bool):
-        """`behavior` counted; `one`: it takes a single request, read once admitted."""
+        """`behavior` counted; `one`: it takes a single request, read once admitted.
+        A refused call's status is set by fail() and the wrapper returns: nothing
+        yielded for a response stream, None for a unary response."""
 
         async def request(requests, context):
+            """behavior's argument, or EOF (its status set) for a call without its one message."""
             if not one:
                 return requests
             message = await context.read()
             if message is grpc.aio.EOF:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+                fail(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message"))
             return message
 
         if inspect.isasyncgenfunction(behavior):
 
             async def stream(requests, context):
-                await self._admit(context)
+                if not self._admit(context):
+                    return
                 try:
-                    async for response in behavior(await request(requests, context), context):
+                    argument = await request(requests, context)
+                    if argument is grpc.aio.EOF:
+                        return
+                    async for response in behavior(argument, context):
                         yield response
                 finally:
                     self.active -= 1
@@ -78,9 +90,13 @@ class CallLimit(grpc.aio.ServerInterceptor):
             return stream
 
         async def call(requests, context):
-            await self._admit(context)
+            if not self._admit(context):
+                return None
             try:
-                return await behavior(await request(requests, context), context)
+                argument = await request(requests, context)
+                if argument is grpc.aio.EOF:
+                    return None
+                return await behavior(argument, context)
             finally:
                 self.active -= 1
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from camserve.kserve import grpc_predict_v2_pb2 as kpb
 from camserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 
-from ...pipeline.errors import fail
+from ...pipeline.errors import failing_with_status
 from ...pipeline.streams import completion_order
 from ..kserve import KServe
 
@@ -16,38 +16,34 @@ class KServeService(kpb_grpc.GRPCInferenceServiceServicer):
         self.kserve = kserve
         self.process = kserve.registry.process
 
-    async def _answer(self, context, work, *args):
-        try:
-            return work(*args)
-        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            fail(context, err)
-
     async def ServerLive(self, request, context):
         return kpb.ServerLiveResponse(live=self.process.live)
 
     async def ServerReady(self, request, context):
         return kpb.ServerReadyResponse(ready=self.process.ready)
 
+    @failing_with_status
     async def ModelReady(self, request, context):
-        return kpb.ModelReadyResponse(ready=await self._answer(context, self.kserve.model_ready, request.name, request.version))
+        return kpb.ModelReadyResponse(ready=self.kserve.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
         return self.kserve.server_metadata()
 
+    @failing_with_status
     async def ModelMetadata(self, request, context):
-        return await self._answer(context, self.kserve.model_metadata, request.name, request.version)
+        return self.kserve.model_metadata(request.name, request.version)
 
+    @failing_with_status
     async def ModelConfig(self, request, context):
-        return await self._answer(context, self.kserve.model_config, request.name, request.version)
+        return self.kserve.model_config(request.name, request.version)
 
+    @failing_with_status
     async def ModelStatistics(self, request, context):
-        return await self._answer(context, self.kserve.model_statistics, request.name, request.version)
+        return self.kserve.model_statistics(request.name, request.version)
 
+    @failing_with_status
     async def ModelInfer(self, request, context):
-        try:
-            return await self.kserve.infer(request, context, "kserve")
-        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            fail(context, err)
+        return await self.kserve.infer(request, context, "kserve")
 
     async def ModelStreamInfer(self, request_iterator, context):
         async def infer_one(request):

@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from ...pipeline.errors import fail, invalid
+from ...pipeline.errors import failing_with_status, invalid
 from ..tensors import INLINE_TYPED_VALUES, MAX_TYPED_VALUES
 from ..tfserving import STRING, Signature, Spec, TFServing
 
@@ -120,50 +120,44 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, tfserving: TFServing):
         self.tfserving = tfserving
 
+    @failing_with_status
     async def Predict(self, request, context):
-        try:
-            typed = _typed_values(request)
-            if typed > MAX_TYPED_VALUES:
-                raise invalid(f"the request's typed values are {typed}, over the {MAX_TYPED_VALUES} this server converts: send tensor_content")
-            model, signature, outputs = await self.tfserving.predict(
-                _spec(request), functools.partial(_tensors, request.inputs), list(request.output_filter), context, "tfserving",
-                heavy=typed > INLINE_TYPED_VALUES,
-            )
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = model.name
-            response.model_spec.version.value = model.version
-            response.model_spec.signature_name = signature
-            for alias, array in outputs.items():
-                _fill(response.outputs[alias], array)
-            return response
-        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            fail(context, err)
+        typed = _typed_values(request)
+        if typed > MAX_TYPED_VALUES:
+            raise invalid(f"the request's typed values are {typed}, over the {MAX_TYPED_VALUES} this server converts: send tensor_content")
+        model, signature, outputs = await self.tfserving.predict(
+            _spec(request), functools.partial(_tensors, request.inputs), list(request.output_filter), context, "tfserving",
+            heavy=typed > INLINE_TYPED_VALUES,
+        )
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = model.name
+        response.model_spec.version.value = model.version
+        response.model_spec.signature_name = signature
+        for alias, array in outputs.items():
+            _fill(response.outputs[alias], array)
+        return response
 
+    @failing_with_status
     async def GetModelMetadata(self, request, context):
-        try:
-            spec = _spec(request)
-            fields = list(request.metadata_field)
-            if not fields:
-                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-            if unsupported := [f for f in fields if f != "signature_def"]:
-                raise invalid(f"Metadata field {unsupported[0]} is not supported")
-            model, definitions = self.tfserving.metadata(spec)
-            response = get_model_metadata_pb2.GetModelMetadataResponse()
-            response.model_spec.name = model.name
-            response.model_spec.version.value = model.version
-            response.metadata["signature_def"].Pack(json_format.ParseDict(definitions, get_model_metadata_pb2.SignatureDefMap()))
-            return response
-        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            fail(context, err)
+        spec = _spec(request)
+        fields = list(request.metadata_field)
+        if not fields:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        if unsupported := [f for f in fields if f != "signature_def"]:
+            raise invalid(f"Metadata field {unsupported[0]} is not supported")
+        model, definitions = self.tfserving.metadata(spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = model.name
+        response.model_spec.version.value = model.version
+        response.metadata["signature_def"].Pack(json_format.ParseDict(definitions, get_model_metadata_pb2.SignatureDefMap()))
+        return response
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, tfserving: TFServing):
         self.tfserving = tfserving
 
+    @failing_with_status
     async def GetModelStatus(self, request, context):
-        try:
-            status = self.tfserving.status(_spec(request))
-            return json_format.ParseDict(status, get_model_status_pb2.GetModelStatusResponse())
-        except Exception as err:  # noqa: BLE001 - every failure leaves as a status
-            fail(context, err)
+        status = self.tfserving.status(_spec(request))
+        return json_format.ParseDict(status, get_model_status_pb2.GetModelStatusResponse())
