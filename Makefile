@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEMO_OUT := out/demo
 
-.PHONY: demo evaluate serve test zoo proto bench train-demo clean
+.PHONY: demo evaluate serve test test-costs zoo proto bench train-demo clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ serve: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
+
+# The suite with each file's cost measured (tests/README.md's table; tests/costs.json orders the files).
+test-costs: $(INSTALLED)
+	$(BIN)/python -m pytest -q --suite-stats tests/costs.json
 
 # The zoo with one keras.applications constructor a family too (minutes; not in `make test`).
 zoo: $(INSTALLED)
