@@ -77,7 +77,8 @@ def test_input_size_below_the_constructors_minimum(name, size, minimum):
 
 
 # Cheap ones (seconds each, where DenseNet121 or EfficientNetV2B0 take minutes here),
-# each prepared differently: inside the model, "tf" and "caffe".
+# each prepared differently: inside the model, "tf" and "caffe". Plain graph mode: this
+# is about preprocessing, and XLA's compile was 40 % of MobileNetV3Small's 29 s.
 @pytest.mark.parametrize("name", ["MobileNetV3Small", "MobileNet", "VGG16"])
 def test_export_by_name_matches_keras_with_its_own_preprocess_input(name, tmp_path):
     size = (32, 32)  # the smallest each takes
@@ -86,7 +87,7 @@ def test_export_by_name_matches_keras_with_its_own_preprocess_input(name, tmp_pa
     # so the logits, at their own scale, are what tells one preprocessing from another.
     model = CONSTRUCTORS[name](weights=None, input_shape=(*size, 3), classifier_activation=None)
     keras.utils.set_random_seed(1)
-    path = export(ExportOptions(source=name, repo=str(tmp_path), name="m", weights="none", input_size=size, verify=False))
+    path = export(ExportOptions(source=name, repo=str(tmp_path), name="m", weights="none", input_size=size, verify=False, xla=False))
 
     images = np.random.default_rng(2).integers(0, 256, (2, *size, 3), dtype=np.uint8)
     exported = tf.saved_model.load(str(path)).signatures["predict"](images=tf.constant(images))

@@ -160,20 +160,26 @@ def test_a_dead_batcher_is_reported_and_refuses_new_work():
 @pytest.mark.parametrize("in_flight", [1, 2])
 def test_batches_in_flight_on_the_device(in_flight):
     """The GPU path (a second batch in flight) and the CPU path, on the CPU: never more
-    batches run at once than allowed, and every request is answered with its own row."""
+    batches run at once than allowed, and every request is answered with its own row. A
+    batch waits until as many run as are allowed (or every row has started), so that the
+    GPU path's two are certain to overlap; then it takes 50 ms more, in which a batcher
+    that allowed more would start them."""
 
     from camserve.server.pipeline.batcher import Batcher, BatchingOptions, Item
     from camserve.server.models.statistics import ModelStats
     from camserve.server.ops.observer import ModelObserver
 
-    running, most, lock = [0], [0], threading.Lock()
+    running, most, started, changed = [0], [0], [0], threading.Condition()
 
     def run_batch(images, class_index, method, contract):
-        with lock:
+        with changed:
             running[0] += 1
+            started[0] += len(images)
             most[0] = max(most[0], running[0])
+            changed.notify_all()
+            assert changed.wait_for(lambda: running[0] >= in_flight or started[0] == 12, 10)
         time.sleep(0.05)
-        with lock:
+        with changed:
             running[0] -= 1
         return {"value": images[:, 0, 0, 0].astype(np.float32)}
 
@@ -290,36 +296,39 @@ def test_stopping_a_batcher_answers_the_batch_it_was_running():
 
 def test_closing_the_models_does_not_block_the_event_loop(tmp_path):
     """ModelManager.close() waits for each model's threads off the loop (it shut its
-    executors down on it: the loop stood still for as long as a batch ran)."""
+    executors down on it: the loop stood still for as long as a batch ran). The model's
+    close() here waits until the loop has gone round ten times meanwhile: it never would,
+    were close() called on the loop."""
     from camserve.server.models.lifecycle import ModelManager
     from camserve.server.models.config import ModelConfig
     from camserve.server.models.registry import Registry
     from camserve.server.models.sources import RepoSources
     from camserve.server.ops.observer import Observer
 
+    turned = threading.Event()  # the loop went round ten times
+
     class Model:  # what close() touches of a ServedModel: its batcher and its threads
         name, version = "m", 1
 
         def __init__(self):
             self.batcher = _batcher(lambda *args: {})
+            self.loop_went_round = False
 
-        def close(self):
-            time.sleep(0.3)
+        def close(self):  # as a close waiting for a batch's thread
+            self.loop_went_round = turned.wait(10)
 
     async def scenario():
-        registry = Registry()
-        registry.add(Model())
-        ticks = 0
+        registry, model = Registry(), Model()
+        registry.add(model)
 
-        async def tick():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
+        async def turns():
+            for _ in range(10):
+                await asyncio.sleep(0)  # one turn of the loop
+            turned.set()
 
-        ticker = asyncio.create_task(tick())
+        ticker = asyncio.create_task(turns())
         await ModelManager(RepoSources(tmp_path), ModelConfig(), registry, "/CPU:0", Observer()).close()
         ticker.cancel()
-        return ticks
+        return model.loop_went_round
 
-    assert asyncio.run(scenario()) >= 10
+    assert asyncio.run(scenario()), "the event loop stood still while the model closed"

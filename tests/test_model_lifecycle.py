@@ -1,6 +1,7 @@
 """New versions are loaded, warmed up and swapped in under load; broken ones are
 refused while the serving version goes on."""
 
+import itertools
 import shutil
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 from camserve.client import Client
 from camserve.server.ops.process import ServerProcess
 from tests import models
+from tests.waiting import eventually
 
 
 def publish(source, repo, name, version):
@@ -80,13 +82,22 @@ def test_hot_swap_under_load_and_broken_versions_refused(exports, tmp_path):
     assert "refused m version 3" in log and "retired m version 1" in log
 
 
-def eventually(condition, timeout=60.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every)
-    return False
+MARKERS = itertools.count()
+
+
+def passes(server, repo, count: int = 2):
+    """Returns once the server's repository watcher has made `count` whole passes that
+    began after the call, rather than sleeping for as many poll intervals (a slow machine
+    makes fewer): a pass logs a model folder without versions the first time it sees one,
+    after the models before it by name, so each pass is marked by an empty folder made for
+    it and named to come last (and never used again: a name is logged once)."""
+    for _ in range(count):
+        marker = repo / f"zz-pass-{next(MARKERS)}"
+        marker.mkdir()
+        try:
+            assert eventually(lambda: f"{marker.name}: no versions under" in server.log.read_text()), f"no pass saw {marker}"
+        finally:
+            marker.rmdir()
 
 
 def state(client, name, version=0):
@@ -140,10 +151,8 @@ def test_deleting_the_newest_version_rolls_back_and_a_fixed_version_is_retried(e
         load = Load(server.target, "m")
         assert eventually(lambda: load.latest() == 2)
         shutil.rmtree(repo / "m" / "2")
-        deleted = time.monotonic()
         assert eventually(lambda: load.latest() == 1), "deleting version 2 rolls back to version 1"
-        rolled_back = time.monotonic() - deleted
-        time.sleep(6 * poll)  # several more passes: version 1 must stay, not be reloaded
+        passes(server, repo)  # more passes: version 1 must stay, not be reloaded
         outcomes = load.finish()
 
         # A half-copied version is refused, then served once its folder is complete.
@@ -154,7 +163,7 @@ def test_deleting_the_newest_version_rolls_back_and_a_fixed_version_is_retried(e
             assert eventually(lambda: state(client, "m", 3) == "UNAVAILABLE")
             assert client.explain(load.image).version == 1
             assert server.metric("camserve_model_version_state", model="m", version="3", state="UNAVAILABLE") == 1
-            time.sleep(4 * poll)
+            passes(server, repo)  # unchanged, it is not tried again
             shutil.copy(v2 / "saved_model.pb", broken / "saved_model.pb")
             assert eventually(lambda: client.explain(load.image).version == 3), server.log_tail()
             assert client.get_model("m", 1).state == "END"
@@ -165,7 +174,6 @@ def test_deleting_the_newest_version_rolls_back_and_a_fixed_version_is_retried(e
     log = server.log.read_text()
     assert not [o for o in outcomes if not isinstance(o, int)], "no request fails during the rollback"
     assert outcomes[-1] == 1 and set(outcomes) == {1, 2}
-    print(f"rollback took {rolled_back:.1f}s with a {poll}s poll")
     assert log.count("loading m version 1 ") == 1, "no reload loop"
     assert log.count("retired m version 1") == 1 and "retired m version 2" in log
     assert log.count("loading m version 3 ") == 2, "the refused version is tried once, and once more after the fix"
@@ -199,14 +207,16 @@ def test_models_follow_their_folders_and_config(exports, tmp_path):
             assert eventually(lambda: list(client.get_model("b").batch_sizes) == [1, 2])
             assert client.explain(image, model="b").method == "gradcam"
             (repo / "b" / "config.json").write_text('{"max_batch_size": "many"}')
-            time.sleep(4 * poll)
+            assert eventually(lambda: "got 'many'" in server.log.read_text()), "the bad config is read"
+            passes(server, repo, 1)
             assert list(client.get_model("b").batch_sizes) == [1, 2]
 
-            # A folder that lists empty for one pass (a sync in progress) is left alone...
+            # A folder that lists empty for one pass (a sync in progress) is left alone: put back
+            # once a pass has seen it gone, two passes before the third would unload it...
             (repo / "a").rename(repo / ".a-moving")
-            time.sleep(poll)
+            assert eventually(lambda: f"a: no versions under {repo / 'a'}" in server.log.read_text()), "no pass saw a gone"
             (repo / ".a-moving").rename(repo / "a")
-            time.sleep(4 * poll)
+            passes(server, repo)
             assert client.explain(image, model="a").version == 1
             # ...one that stays gone is unloaded.
             shutil.rmtree(repo / "a")

@@ -5,7 +5,6 @@ from the draining one)."""
 
 import signal
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 from camserve.client import Client
 from camserve.server.ops.process import ServerProcess
 from tests import models
+from tests.waiting import eventually
 
 
 def test_draining_and_killing_replicas_under_load_fails_no_request(server_repo, tmp_path):
@@ -24,11 +24,6 @@ def test_draining_and_killing_replicas_under_load_fails_no_request(server_repo, 
     # 1 MB of raw pixels: four times gRPC's default retry buffer.
     image = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
     outcomes, stop = [], threading.Event()
-
-    def until(condition, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     def load(c):
         while not stop.is_set():
@@ -45,17 +40,17 @@ def test_draining_and_killing_replicas_under_load_fails_no_request(server_repo, 
             threads = [threading.Thread(target=load, args=(client,)) for _ in range(4)]
             for t in threads:
                 t.start()
-            until(lambda: all(r.metric("camserve_requests_total", model="tiny") > 0 for r in replicas))
+            eventually(lambda: all(r.metric("camserve_requests_total", model="tiny") > 0 for r in replicas))
             spread = [r.metric("camserve_requests_total", model="tiny") for r in replicas]
             replicas[0].process.send_signal(signal.SIGTERM)  # drain: health NOT_SERVING, then refusals
-            time.sleep(0.5)
-            replicas[1].process.kill()  # no drain, no goodbye
+            assert eventually(lambda: replicas[0].health() != "SERVING", 30), "the first replica drains"
+            replicas[1].process.kill()  # no drain, no goodbye, while the first drains
             before_kill = len(outcomes)
             # Until the draining replica has gone through its refusals and exited, and the load
             # has gone on on the survivor well after both are gone.
-            until(lambda: replicas[0].process.poll() is not None)
+            eventually(lambda: replicas[0].process.poll() is not None)
             after_drain = len(outcomes)
-            until(lambda: len(outcomes) > max(after_drain, before_kill) + 20)
+            eventually(lambda: len(outcomes) > max(after_drain, before_kill) + 20)
             stop.set()
             for t in threads:
                 t.join()

@@ -2,7 +2,6 @@
 
 import asyncio
 import threading
-import time
 
 import cv2
 import grpc
@@ -15,6 +14,7 @@ from camserve.export.methods import CAM_NAMES as METHOD_NAMES
 from camserve.v1 import camserve_pb2 as pb
 from camserve.v1 import camserve_pb2_grpc as pb_grpc
 from tests import models, reference
+from tests.waiting import settle
 
 SIZE = models.SIZE
 
@@ -142,20 +142,23 @@ def test_concurrent_callers_are_batched_and_each_gets_its_own_result(server, cli
 
 
 def test_stream_returns_every_result_tagged_and_early(client):
+    """The last image is sent only once a result has come back (or after 60 s, when none
+    streams back before the stream ends), rather than 10 ms after the one before it."""
     images = reference.smooth_images(50, SIZE, seed=26)
-    sent_last = threading.Event()
+    sent_last, received = threading.Event(), threading.Event()
     received_before_last = []
 
-    def slow(images):
+    def held_back(images):
         for i, image in enumerate(images):
             if i == len(images) - 1:
+                received.wait(60)
                 sent_last.set()
-            time.sleep(0.01)
             yield image
 
     results = []
-    for result in client.explain_stream(slow(images)):
+    for result in client.explain_stream(held_back(images)):
         received_before_last.append(not sent_last.is_set())
+        received.set()
         results.append(result)
     assert sorted(r.index for r in results) == list(range(50))
     assert all(r.error is None for r in results)
@@ -308,6 +311,8 @@ def test_explain_many_at_the_model_size_travels_as_blocks(server, client, in_pro
     is its own image's, as the SavedModel gives it."""
     images = reference.smooth_images(7, SIZE, seed=61)
     larger = reference.smooth_images(1, 2 * SIZE, seed=62)[0]
+    # An earlier test's calls must have ended and been counted (a failed explain_many's cancels land late).
+    assert settle(server) == 0
     before = server.metric("camserve_requests_total", api="native_many", code="OK")
     with Client(server.target, model="tiny") as each:
         sent = [messages.request_message(image, messages.request_options(model="tiny", return_scores=True), str(i)) for i, image in enumerate(images[:4])]

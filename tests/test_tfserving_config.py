@@ -191,7 +191,9 @@ def test_tf_servings_flag_spellings_and_the_8501_rule(monkeypatch, tmp_path):
     file = tmp_path / "models.config"
     file.write_text(one(f'name: "m"\nbase_path: "{tmp_path / "m"}"\n'))
     options = _options(monkeypatch, "--model_config_file", str(file), "--file_system_poll_wait_seconds", "2")
-    assert (options.model_config_file, options.poll_seconds) == (file, 2.0)
+    assert (options.model_config_file, options.poll_seconds, options.model_config_poll_seconds) == (file, 2.0, 0.0)
+    options = _options(monkeypatch, "--model_config_file", str(file), "--model_config_file_poll_wait_seconds", "30")
+    assert options.model_config_poll_seconds == 30.0
     assert [s.name for s in options.sources().current().values()] == ["m"]
 
 
@@ -208,6 +210,7 @@ def test_tf_servings_flag_spellings_and_the_8501_rule(monkeypatch, tmp_path):
         (["--model-config-file", "{tmp}/gone.config"], "base_path {tmp}/gone is not a folder"),
         (["--model-config-file", "{tmp}/none.config"], "cannot read --model-config-file"),
         (["--repo", "{tmp}", "--http-port", "9000", "--metrics-port", "9000"], "--metrics-port 9000 is also the --http-port"),
+        (["--repo", "{tmp}", "--model_config_file_poll_wait_seconds", "5"], "says how often to read --model-config-file; give that too"),
     ],
 )
 def test_the_model_flags_are_checked_before_anything_starts(tmp_path, capsys, flags, message):
@@ -260,6 +263,75 @@ def test_a_models_config_serves_each_model_by_its_policy(exports, tmp_path):
     log = server.log.read_text()
     assert "a: version labels canary -> 2, stable -> 1" in log
     assert "loading a version 3 " not in log and "loading b version 1 " not in log
+
+
+def test_a_models_config_read_again_loads_unloads_and_relabels(exports, tmp_path):
+    """Under --model_config_file_poll_wait_seconds the file is TF Serving's live list: a
+    model it adds is loaded, a version its policy adds is loaded beside the served one
+    (not reloaded), a new label answers, a file that no longer reads keeps the last good
+    list, and a model it drops is unloaded (NOT_FOUND) while the others serve on."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from camserve.client import Client
+    from camserve.server.ops.process import ServerProcess
+    from tests.tfserving_requests import images_request
+    from tests.waiting import eventually
+
+    path, *_ = exports.get("functional")
+    for name, version in (("a", 1), ("a", 2), ("b", 1)):
+        shutil.copytree(path, tmp_path / "models" / name / str(version))
+    file = tmp_path / "models.config"
+
+    def write(*configs: str):
+        file.write_text("model_config_list {\n" + "".join(f"  config {{ {c} }}\n" for c in configs) + "}\n")
+
+    def a(*versions: int, labels=(("stable", 1),)):
+        listed = " ".join(f"versions: {v}" for v in versions)
+        labelled = " ".join(f'version_labels {{ key: "{k}" value: {v} }}' for k, v in labels)
+        return f'name: "a" base_path: "{tmp_path}/models/a" model_version_policy {{ specific {{ {listed} }} }} {labelled}'
+
+    b = f'name: "b" base_path: "{tmp_path}/models/b"'
+    write(a(1))
+    server = ServerProcess(
+        ("--model_config_file", str(file)), tmp_path / "server.log",
+        *("--model_config_file_poll_wait_seconds", "0.2", "--poll-seconds", "0", "--max-batch-size", "1", "--shutdown-delay", "0"),
+    )
+    image = np.zeros((models.SIZE, models.SIZE, 3), np.uint8)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel)
+
+    def labelled(model: str, label: str):
+        """The version a TF Serving Predict by label ran on, or its status code."""
+        try:
+            return stub.Predict(images_request(model, image[np.newaxis], "predict", label), timeout=30).model_spec.version.value
+        except grpc.RpcError as err:
+            return err.code()
+
+    try:
+        server.wait_for("SERVING")
+        with Client(server.target) as client:
+
+            def served():
+                return sorted((m.name, m.version) for m in client.list_models() if m.state == "AVAILABLE")
+
+            assert served() == [("a", 1)] and labelled("a", "canary") == grpc.StatusCode.INVALID_ARGUMENT
+            write(a(1, 2, labels=(("stable", 1), ("canary", 2))), b)
+            assert eventually(lambda: served() == [("a", 1), ("a", 2), ("b", 1)], 120), served()
+            assert eventually(lambda: labelled("a", "canary") == 2, 10) and labelled("a", "stable") == 1
+            file.write_text("model_config_list { config { name: ")  # a save caught halfway
+            assert eventually(lambda: "keeping the models it listed before" in server.log.read_text(), 10)
+            assert served() == [("a", 1), ("a", 2), ("b", 1)]
+            write(b)
+            assert eventually(lambda: served() == [("b", 1)], 30), served()
+            with pytest.raises(grpc.RpcError) as err:
+                client.explain(image, model="a")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert labelled("a", "stable") == grpc.StatusCode.INVALID_ARGUMENT, "its labels went with it, as in TF Serving"
+            assert client.explain(image, model="b").version == 1
+    finally:
+        server.terminate()
+    log = server.log.read_text()
+    assert log.count("loading a version 1 ") == 1, "a's policy grew: version 1 stays loaded"
+    assert "added b; changed a" in log and "removed a" in log and "a: no longer listed" in log
 
 
 def _labels_over_tf_servings_apis(server, image):
