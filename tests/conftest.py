@@ -26,11 +26,12 @@ def once(folder, name: str, make):
     return path
 
 
-# The recipes exported with XLA: every head (softmax, sigmoid, binary, linear) and, through
-# `functional`, every method; the served `tiny` is `functional` too. The others run as plain
+# The recipes exported with XLA: every head (softmax, sigmoid, binary, linear), a backbone
+# nested in the model (test_export_cli reads its XLA attributes) and, through `functional`,
+# every method; the served `tiny` is `functional` too. The others run as plain
 # graphs: XLA is not what they test, and each batch size a loaded XLA export is called at
 # compiles a program (2-3 s, mapped until the process ends).
-XLA_RECIPES = {"functional", "sigmoid", "binary", "logits"}
+XLA_RECIPES = {"functional", "nested", "sigmoid", "binary", "logits"}
 
 
 class Exports:

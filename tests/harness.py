@@ -21,7 +21,6 @@ from xdist.scheduler import LoadFileScheduling
 
 from tests.suite_stats import mappings
 
-ROOT = Path(__file__).resolve().parents[1]
 # What each file cost in the last measured run (`make test-costs`, tests/suite_stats.py):
 # the costliest files start first, so that no long file starts last and runs alone.
 COSTS = Path(__file__).with_name("costs.json")
@@ -37,11 +36,13 @@ FAIL_AT = MAX_MAP_COUNT * 6 // 10
 
 def xla_cache_flags() -> str:
     """TF_XLA_FLAGS that share compiled XLA programs between every process of the
-    suite (workers, servers, exports in subprocesses) and between runs: a program is
-    keyed by its HLO's fingerprint and the compile options, so a stale entry is never
-    served; the folder is per TensorFlow version. CAMSERVE_TEST_XLA_CACHE moves it."""
+    suite (workers, servers, exports in subprocesses) and between runs and clones, as
+    ccache does for C: a program is keyed by its HLO's fingerprint and the compile
+    options, so a stale entry is never served; the folder is per TensorFlow version,
+    in the user's cache folder. CAMSERVE_TEST_XLA_CACHE moves it."""
     version = importlib.metadata.version("tensorflow")
-    folder = Path(os.environ.get("CAMSERVE_TEST_XLA_CACHE") or ROOT / ".cache" / f"xla-tf{version}")
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = Path(os.environ.get("CAMSERVE_TEST_XLA_CACHE") or user_cache / "camserve-tests" / f"xla-tf{version}")
     folder.mkdir(parents=True, exist_ok=True)
     return f"--tf_xla_persistent_cache_directory={folder}"
 

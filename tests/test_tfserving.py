@@ -333,8 +333,9 @@ def test_the_readme_migration_works(tmp_path):
 
     exported = subprocess.run(swapped(export_line), capture_output=True, text=True, timeout=600)
     assert exported.returncode == 0, exported.stderr[-2000:]
-    # The README's ports are TF Serving's; here the metrics port (default 8501) is off to stay off them.
-    command = [*swapped(serve_line), "--host", "127.0.0.1", "--metrics-port", "0"]
+    # The README's ports are TF Serving's; here the metrics port (default 8501) is off to stay off them,
+    # and the batch ladder short: the step's point is the command, not batching (each size is a compile).
+    command = [*swapped(serve_line), "--host", "127.0.0.1", "--metrics-port", "0", "--max-batch-size", "2"]
     process = ServerProcess(tmp_path, tmp_path / "serve.log", command=command, port=grpc_port)
     try:
         process.wait_for("SERVING")
