@@ -4,8 +4,9 @@ kill) fails the test it happened in and the run goes on; compiled XLA programs s
 between processes and runs through TensorFlow's persistent compilation cache; no
 process outliving the run.
 
-Why by hand: xdist reports a dead worker without saying how it died, and nothing
-ties a worker's life to its controller's."""
+Why by hand: xdist reports a dead worker without saying how it died, gives the test it
+died in to the next worker, replaces no worker that is merely full, and nothing ties a
+worker's life to its controller's."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tests.suite_stats import mappings
 # What each file cost in the last measured run (`make test-costs`, tests/suite_stats.py):
 # the costliest files start first, so that no long file starts last and runs alone.
 COSTS = Path(__file__).with_name("costs.json")
-MAX_MAP_COUNT = int(Path("/proc/sys/vm/max_map_count").read_text()) if Path("/proc/sys/vm/max_map_count").exists() else 65530
+MAP_COUNT_FILE = Path("/proc/sys/vm/max_map_count")
+MAX_MAP_COUNT = int(MAP_COUNT_FILE.read_text()) if MAP_COUNT_FILE.exists() else 65530
 # Every XLA program a process compiles stays mapped until it exits, and a process that
 # nears vm.max_map_count dies in LLVM (the suite's old crash: one process held them all).
 # A worker past RETIRE_AT is replaced by a fresh one once its files are done; a test that
