@@ -314,7 +314,9 @@ def test_a_failed_explain_many_call_cancels_the_calls_still_in_flight(strict, cl
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert left == 0
     counts = since(strict, before)
-    assert counts["cancelled"] >= 1 and counts["executed"] < 16, counts
+    # Cancelled while its requests ran, or before the server read the call at all (then
+    # nothing counts it: one full run saw all zeros); a client that did not cancel runs 16.
+    assert counts["executed"] < 16 and (counts["cancelled"] >= 1 or counts["executed"] == 0), counts
 
 
 def test_a_failed_image_cancels_its_siblings_before_the_call_ends(strict):
