@@ -228,6 +228,48 @@ def test_bad_inputs_are_invalid_argument(tfs, tensors, says):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in err.value.details(), err.value.details()
 
 
+def _shaped(dtype, dims, values=()) -> tf.make_tensor_proto:
+    tensor = tf.make_tensor_proto(np.zeros(0, np.int32))
+    tensor.dtype = dtype
+    tensor.ClearField("tensor_shape")
+    tensor.tensor_shape.dim.extend(tensor.tensor_shape.Dim(size=d) for d in dims)
+    tensor.int_val.extend(values)
+    return tensor
+
+
+@pytest.mark.parametrize(
+    "alias, dims, values",
+    [
+        ("class_index", [0, 2**31, 2**31], []),  # found by test_fuzz: numpy cannot make the empty array
+        ("class_index", [0, 2**40, 2**40], []),
+        ("class_index", [0, 2**31 - 1, 2**31 - 1], []),  # each dim an int32, their extent still too big
+        ("class_index", [2**40, 0, 2**40], []),
+        ("class_index", [0, 2**62, 2**62], []),  # the extent overflows int64
+        ("class_index", [0, 2**63 - 1, 2**63 - 1, 2**63 - 1], []),
+        ("class_index", [2**63 - 1, 2**63 - 1], [1]),  # one value filling it
+        ("class_index", [-1, 2], []),
+        ("class_index", [0, -(2**63)], []),
+        ("class_index", [0] * 65, []),  # past numpy's rank
+        ("class_index", [1] * 65, [1]),
+        ("images", [0, 2**31, 2**31, 3], []),
+    ],
+    ids=["0,2^31,2^31", "0,2^40,2^40", "0,int32max,int32max", "2^40,0,2^40", "0,2^62,2^62", "0,int64max x3",
+         "int64max^2 filled", "negative", "0,int64min", "rank 65 empty", "rank 65 filled", "images 0,2^31,2^31,3"],
+)
+def test_huge_or_negative_dims_are_invalid_argument_without_a_traceback(tfs, alias, dims, values):
+    from tensorflow.core.framework import types_pb2
+
+    dtype = types_pb2.DT_UINT8 if alias == "images" else types_pb2.DT_INT32
+    logged = tfs.log.stat().st_size
+    with pytest.raises(grpc.RpcError) as err:
+        tfs.stub.Predict(predict_request(model="tiny", **{alias: _shaped(dtype, dims, values)}), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{err.value.code()}: {err.value.details()}"
+    assert alias in err.value.details() and "shape" in err.value.details(), err.value.details()
+    with tfs.log.open("rb") as log:
+        log.seek(logged)
+        assert b"Traceback" not in log.read(), tfs.log_tail()
+
+
 # -- REST: TF Serving's API and KServe V1's :explain ------------------------------
 
 

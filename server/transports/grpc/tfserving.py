@@ -49,6 +49,14 @@ FIELDS = {
 }
 DTYPES = {numpy: dtype for dtype, (numpy, _) in FIELDS.items()}
 DTYPES[STRING] = types_pb2.DT_STRING
+# A shape is checked before numpy sees it. No tensor that carries its values has more
+# elements than MAX_ELEMENTS (a protobuf message is under 2 GiB); an empty one (a 0
+# among its dimensions) is held to the same bound on its other dimensions' product,
+# which numpy refuses to make past its byte size (even [0, 2**31 - 1, 2**31 - 1]).
+# MAX_RANK: numpy makes arrays of up to 32 dimensions (64 from numpy 2); TF Serving
+# signatures here take 4 at most.
+MAX_ELEMENTS = 2**31 - 1
+MAX_RANK = 32
 
 
 def _spec(request) -> Spec:
@@ -65,15 +73,32 @@ def _typed_values(request) -> int:
     return sum(len(getattr(t, field)) for t in request.inputs.values() for field in ("float_val", "int_val", "int64_val", "string_val", "half_val", "double_val", "bool_val"))
 
 
+def _shape(alias: str, tensor_shape) -> list[int]:
+    """The TensorShapeProto's dimensions, refused unless numpy can make an array of them."""
+    if tensor_shape.unknown_rank:
+        raise invalid(f"tensor parsing error: {alias} (its shape is of unknown rank; a tensor's shape is known)")
+    if len(tensor_shape.dim) > MAX_RANK:
+        raise invalid(f"tensor parsing error: {alias} (a shape of {len(tensor_shape.dim)} dimensions, over the {MAX_RANK} this server takes)")
+    shape = [d.size for d in tensor_shape.dim]
+    if any(d < 0 for d in shape):
+        raise invalid(f"tensor parsing error: {alias} (shape {shape}: a dimension is negative)")
+    extent = 1  # Python ints, stopping at the bound: numpy's would overflow on hostile shapes
+    for d in shape:
+        extent *= max(d, 1)
+        if extent > MAX_ELEMENTS:
+            raise invalid(
+                f"tensor parsing error: {alias} (shape {shape}: its non-zero dimensions multiply past the {MAX_ELEMENTS} elements this server takes)"
+            )
+    return shape
+
+
 def _array(alias: str, tensor, expected: str, position: int):
     """A TensorProto as the signature's tensor: an ndarray, or a list of bytes for DT_STRING."""
     if tensor.dtype != DTYPES[expected]:
         got = types_pb2.DataType.Name(tensor.dtype)[3:].lower() if tensor.dtype in types_pb2.DataType.values() else str(tensor.dtype)
         wanted = types_pb2.DataType.Name(DTYPES[expected])[3:].lower()
         raise invalid(f"Expects arg[{position}] to be {wanted} but {got} is provided (input {alias!r})")
-    shape = [d.size for d in tensor.tensor_shape.dim]
-    if tensor.tensor_shape.unknown_rank or any(d < 0 for d in shape):
-        raise invalid(f"tensor parsing error: {alias} (a shape of known, non-negative dimensions)")
+    shape = _shape(alias, tensor.tensor_shape)
     count = math.prod(shape)
     if expected == STRING:
         values = list(tensor.string_val)
