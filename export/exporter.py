@@ -195,7 +195,7 @@ def export(opts: ExportOptions, steps: Steps | None = None) -> Path:
     staging = repository.staging_dir(opts.repo, opts.name, version)
     shutil.rmtree(staging, ignore_errors=True)
     with steps.step(f"save to {staging}"):
-        tf.saved_model.save(module, str(staging), signatures=signatures)
+        tf.saved_model.save(module.root, str(staging), signatures=signatures)
         metadata = {
             "name": opts.name,
             "version": version,

@@ -1,4 +1,4 @@
-"""The exported object: a tf.Module whose `explain` and `predict` are
+"""What an export saves: `explain` and `predict`, its signatures, are
 tf.functions with a free batch dimension, XLA-compiled unless `xla` is off
 (plain graph mode measured faster for some small models on CPU).
 
@@ -33,11 +33,14 @@ class InputContract:
         return heads.model_output(self.head, self.stripped, outputs)
 
 
-class CamModule(tf.Module):
+class CamModule:
     def __init__(self, model, explainer: Explainer, input_size, xla: bool = True, contract: InputContract | None = None, name="camserve"):
-        super().__init__(name=name)
-        # Tracked so the SavedModel carries the weights the functions read.
-        self.model = model
+        # What tf.saved_model.save is given besides the signatures: the weights they read, and
+        # no tf.function. Save traces every tf.function it finds again, under a key of its own
+        # (the save context's variable policy): a second trace of the whole model, as long as
+        # the first (half of keras-hub MiT's export, measured). The signatures are the API.
+        self.root = tf.Module(name=name)
+        self.root.model = model
         self._explainer = explainer
         self._contract = contract
         images = tf.TensorSpec([None, *input_size, 3], tf.uint8, name="images")
