@@ -30,7 +30,9 @@ def once(folder, name: str, make):
 # nested in the model (test_export_cli reads its XLA attributes) and, through `functional`,
 # every method; the served `tiny` is `functional` too. The others run as plain
 # graphs: XLA is not what they test, and each batch size a loaded XLA export is called at
-# compiles a program (2-3 s, mapped until the process ends).
+# compiles a program (2-3 s, mapped until the process ends). Only the XLA recipes run the
+# export's own float64 verification (test_verify tests it): the tests compare every plain
+# recipe's maps with the float64 reference themselves.
 XLA_RECIPES = {"functional", "nested", "sigmoid", "binary", "logits"}
 
 
@@ -59,7 +61,7 @@ class Exports:
                 model32.model.save(folder / f"{key}.keras")
                 options = ExportOptions(
                     source=str(folder / f"{key}.keras"), repo=str(folder / "repo"), name=key, preprocess="scale",
-                    layer=[model32.target, *more_layers], xla=key in XLA_RECIPES,
+                    layer=[model32.target, *more_layers], xla=key in XLA_RECIPES, verify=key in XLA_RECIPES,
                 )
                 export(options)
 

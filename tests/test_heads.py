@@ -135,7 +135,7 @@ def test_custom_objects_module_is_imported_before_loading(tmp_path):
     )
     subprocess.run([sys.executable, "-c", save], check=True, capture_output=True, timeout=300)
     command = [sys.executable, "-m", "camserve", "export", str(tmp_path / "custom.keras"), "--repo", str(tmp_path / "repo")]
-    command += ["--name", "c", "--preprocess", "scale", "--no-verify"]
+    command += ["--name", "c", "--preprocess", "scale", "--no-verify", "--no-xla"]  # loading is the point
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1
     assert "Brighten" in refused.stderr and "--custom-objects" in refused.stderr, refused.stderr[-2000:]
