@@ -163,17 +163,25 @@ def test_verification_catches_a_model_that_disagrees(exports):
     assert not report.ok and report.logits_error == pytest.approx(0.05 / 1.05, rel=1e-3)
 
 
-def test_no_xla_exports_plain_graphs_with_the_same_answers(capsys, tmp_path, exports):
+def test_no_xla_exports_plain_graphs_with_the_same_answers(capsys, tmp_path, exports, monkeypatch):
+    """... tracing the model once: tf.saved_model.save traced every tf.function it was
+    given again (under its own cache key), as long again as the first trace."""
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
+    from camserve.export.explainer import Explainer
     from tests import reference
 
     _, xla_saved, model32, _ = exports.get("functional")
+    capsys.readouterr()  # the shared export's own steps, where this process made it
+    traces = []
+    explain = Explainer.explain
+    monkeypatch.setattr(Explainer, "explain", lambda self, *args: traces.append(tf.inside_function()) or explain(self, *args))
     source = tmp_path / "functional.keras"
     model32.model.save(source)
     code, out, err = export_cli(capsys, source, "--repo", tmp_path, "--name", "plain", "--preprocess", "scale", "--no-xla")
     assert code == 0, err
+    assert traces.count(True) == 1, "explain traced once"
     assert read_metadata(out)["xla"] is False and "compile," in err and "with XLA" not in err
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString((tmp_path / "plain" / "1" / "saved_model.pb").read_bytes())
