@@ -77,56 +77,67 @@ def resize_bilinear(values: np.ndarray, height: int, width: int) -> np.ndarray:
     return top * (1 - wy) + bottom * wy
 
 
-def explain_layers(test_model, pixels, class_index: int, method: str, layers: list, choice, counterfactual=False):
-    """An export with several target layers: `layers` as exported (None: the model's
-    target), `choice` one of them or "mean"/"max" of every layer's map scaled to 1;
-    maps at the finest layer's size."""
-    each = [explain_one(test_model, pixels, class_index, method, counterfactual=counterfactual, layer=layer) for layer in layers]
-    size = max((e["raw"].shape for e in each), key=lambda hw: hw[0] * hw[1])
-    maps = [resize_bilinear(e["raw"], *size) for e in each]
-    if choice in ("mean", "max"):
-        scaled = [m / m.max() if m.max() > 0 else m for m in maps]
-        cam = np.mean(scaled, axis=0) if choice == "mean" else np.max(scaled, axis=0)
-    else:
-        cam = maps[layers.index(choice)]
-    peak = cam.max()
-    return {**each[0], "heatmap": cam / peak if peak > 0 else np.zeros_like(cam), "heatmap_scale": peak}
+def explain_layers(test_model, images, class_index, method, layers: list, choice, counterfactual=None):
+    """An export with several target layers, per image of a batch (as explain_batch):
+    `layers` as exported (None: the model's target), `choice[i]` one of them or
+    "mean"/"max" of every layer's map scaled to 1; maps at the finest layer's size."""
+    each = [explain_batch(test_model, images, class_index, method, counterfactual=counterfactual, layer=layer) for layer in layers]
+    results = []
+    for i, first in enumerate(each[0]):
+        raws = [by_layer[i]["raw"] for by_layer in each]
+        size = max((raw.shape for raw in raws), key=lambda hw: hw[0] * hw[1])
+        maps = [resize_bilinear(raw, *size) for raw in raws]
+        if choice[i] in ("mean", "max"):
+            scaled = [m / m.max() if m.max() > 0 else m for m in maps]
+            cam = np.mean(scaled, axis=0) if choice[i] == "mean" else np.max(scaled, axis=0)
+        else:
+            cam = maps[layers.index(choice[i])]
+        peak = cam.max()
+        results.append({**first, "heatmap": cam / peak if peak > 0 else np.zeros_like(cam), "heatmap_scale": peak})
+    return results
 
 
 def explain_one(test_model, pixels: np.ndarray, class_index: int, method: str, scale=1 / 255.0, counterfactual=False, layer=None):
-    """Outputs for one uint8 image [H,W,3], model inputs = pixels * scale
-    (luminance for a 1-channel model). class_index -r is the r-th highest logit;
-    a counterfactual map is the method on the negated gradients; `layer` one of
-    test_model.layers (None: its target)."""
-    x = pixels.astype(np.float64)
+    """Outputs for one uint8 image [H,W,3] (explain_batch's, for one)."""
+    return explain_batch(test_model, pixels[None], [class_index], [method], scale, [counterfactual], layer)[0]
+
+
+def explain_batch(test_model, images: np.ndarray, class_index, method, scale=1 / 255.0, counterfactual=None, layer=None):
+    """Outputs for uint8 images [N,H,W,3], each with its class and method name, model
+    inputs = pixels * scale (luminance for a 1-channel model). class_index -r is the
+    r-th highest logit; a counterfactual map is the method on the negated gradients;
+    `layer` one of test_model.layers (None: its target). One forward pass for the batch:
+    the test models mix no images, so d(sum of each image's score) is each one's gradient."""
+    x = images.astype(np.float64)
     if test_model.channels == 1:
         x = (x @ LUMINANCE)[..., None]
-    x = tf.constant(x[None] * scale)
+    x = tf.constant(x * scale)
     features, to_logits = test_model.layers[layer] if layer else (test_model.features, test_model.logits)
     activations = features(x)
     with tf.GradientTape() as tape:
         tape.watch(activations)
         logits = to_logits(activations)
-        ranked = np.argsort(-logits.numpy()[0], kind="stable")
-        chosen = int(ranked[-class_index - 1]) if class_index < 0 else class_index
-        score = logits[0, chosen]
-    a = activations.numpy()[0]
-    g = tape.gradient(score, activations).numpy()[0] * (-1.0 if counterfactual else 1.0)
-    cam = method_map(method, a, g)
-    peak = cam.max()
-    z = logits.numpy()[0]
-    if test_model.head in ("sigmoid", "binary"):
-        probabilities = 1.0 / (1.0 + np.exp(-z))
-    else:
-        probabilities = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-    return {
-        "logits": z,
-        "probabilities": probabilities,
-        "class_index": chosen,
-        "heatmap": cam / peak if peak > 0 else np.zeros_like(cam),
-        "heatmap_scale": peak,
-        "raw": cam,
-    }
+        chosen = [int(np.argsort(-z, kind="stable")[-c - 1]) if c < 0 else c for z, c in zip(logits.numpy(), class_index)]
+        score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+    gradients = tape.gradient(score, activations).numpy()
+    results = []
+    for i, z in enumerate(logits.numpy()):
+        g = gradients[i] * (-1.0 if counterfactual is not None and counterfactual[i] else 1.0)
+        cam = method_map(method[i], activations.numpy()[i], g)
+        peak = cam.max()
+        if test_model.head in ("sigmoid", "binary"):
+            probabilities = 1.0 / (1.0 + np.exp(-z))
+        else:
+            probabilities = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        results.append({
+            "logits": z,
+            "probabilities": probabilities,
+            "class_index": chosen[i],
+            "heatmap": cam / peak if peak > 0 else np.zeros_like(cam),
+            "heatmap_scale": peak,
+            "raw": cam,
+        })
+    return results
 
 
 def smooth_images(count: int, size, seed: int) -> np.ndarray:

@@ -39,7 +39,7 @@ def test_heatmaps_equal_float64_reference(exports, kind, method):
     images = reference.smooth_images(4, model32.size, seed=10 + method)
     class_index = classes_to_explain(model32)
     got = run(saved, images, class_index, [method] * 4)
-    wants = [reference.explain_one(model64, images[i], class_index[i], reference.METHODS[method]) for i in range(4)]
+    wants = reference.explain_batch(model64, images, class_index, [reference.METHODS[method]] * 4)
     assert sum(w["heatmap_scale"] > 0 for w in wants) >= 2, "empty maps prove little: change the test images"
     for i, want in enumerate(wants):
         assert_matches_reference(got, i, want)
@@ -54,8 +54,8 @@ def test_a_batch_where_every_image_asks_for_another_method_equals_the_reference(
     classes = classes_to_explain(model32)
     class_index = [classes[i % len(classes)] for i in range(count)]
     got = run(saved, images, class_index, list(range(count)))
-    for i, name in enumerate(reference.METHODS):
-        assert_matches_reference(got, i, reference.explain_one(model64, images[i], class_index[i], name))
+    for i, want in enumerate(reference.explain_batch(model64, images, class_index, reference.METHODS)):
+        assert_matches_reference(got, i, want)
 
 
 COUNTERFACTUAL = 256  # the code offset camserve.json records as counterfactual_code
@@ -73,10 +73,7 @@ def test_ranked_classes_and_counterfactual_maps_equal_the_reference(exports, kin
     codes = [reference.METHODS.index(m) + (COUNTERFACTUAL if c else 0) for m, c in zip(names, counterfactual)]
     images = reference.smooth_images(len(codes), model32.size, seed=31)
     got = run(saved, images, class_index, codes)
-    wants = [
-        reference.explain_one(model64, images[i], class_index[i], names[i], counterfactual=counterfactual[i])
-        for i in range(len(codes))
-    ]
+    wants = reference.explain_batch(model64, images, class_index, names, counterfactual=counterfactual)
     assert sum(w["heatmap_scale"] > 0 for w, c in zip(wants, counterfactual) if c) >= 2, "counterfactual maps exist"
     for i, want in enumerate(wants):
         assert_matches_reference(got, i, want)
@@ -106,10 +103,8 @@ def test_a_batch_of_layers_and_fusions_equals_the_reference(exports, kind):
     images = reference.smooth_images(8, model32.size, seed=33)
     got = run(saved, images, class_index, codes)
     assert got["heatmap"].shape[1:] == tuple(model32.size)
-    for i in range(8):
-        want = reference.explain_layers(
-            model64, images[i], class_index[i], names[i], [None, "conv1"], choices[pick[i]], counterfactual=counterfactual[i]
-        )
+    wants = reference.explain_layers(model64, images, class_index, names, [None, "conv1"], [choices[k] for k in pick], counterfactual)
+    for i, want in enumerate(wants):
         assert_matches_reference(got, i, want)
     for i in range(8):  # batch independence across layers and fusions too
         alone = run(saved, images[i : i + 1], class_index[i : i + 1], codes[i : i + 1])
