@@ -12,8 +12,11 @@ class Uncancelled:
     RST_STREAMs, and the server's bytes back as they come. A caller cancels its call when
     its deadline passes, and the cancel races the server's own deadline (the one the call
     carried, which the server counts from when it read the call): a server that read the
-    call late sees the cancel come early, and counts it CANCELLED. Through here the server
-    alone ends the call, at its own deadline. Call through `target`; a context manager."""
+    call late sees the cancel come early, and counts it CANCELLED. So it does when the
+    caller then closes its channel: the server cancels the calls of a connection that ends
+    (all 16 requests of an ExplainMany, once in 60 such calls on a loaded core). The
+    connection to the server stays open until close(). Through here the server alone ends
+    the call, at its own deadline. Call through `target`; a context manager."""
 
     def __init__(self, upstream: str):
         host, port = upstream.rsplit(":", 1)
@@ -36,6 +39,7 @@ class Uncancelled:
             threading.Thread(target=self._bytes, args=(server, caller), daemon=True).start()
 
     def _frames(self, source: socket.socket, sink: socket.socket):
+        """Until the caller hangs up, which the server is not told (close() tells it)."""
         try:
             sink.sendall(_exactly(source, len(PREFACE)))
             while True:
@@ -47,8 +51,6 @@ class Uncancelled:
                     sink.sendall(head + body)
         except OSError:
             pass
-        finally:
-            _stop_sending(sink)
 
     @staticmethod
     def _bytes(source: socket.socket, sink: socket.socket):

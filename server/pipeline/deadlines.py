@@ -28,6 +28,17 @@ def deadline(context, received: float, timeout_ms: float = 0, default_s: float =
     return min(ends, default=None)
 
 
+def of_the_call(remaining: float | None, timeout_ms: float = 0) -> bool:
+    """Whether deadline() gives a request its gRPC call's deadline, from the call's
+    time_remaining() when the request arrived: the call brings one, and the
+    request's own timeout_ms (if any) ends no sooner. gRPC ends such a call
+    DEADLINE_EXCEEDED when it passes, so a call of several requests that it ended
+    must end so too, never OK with their errors inside: whether gRPC's cancel or
+    by()'s answers come first is a race (on a loaded machine gRPC's lost, the
+    caller's own timer too, and the caller got OK)."""
+    return remaining is not None and not (timeout_ms and timeout_ms / 1e3 < remaining)
+
+
 async def by(deadline: float | None, future: asyncio.Future):
     """The batcher drops an expired request when it forms the next batch; this
     answers at the deadline itself, even while an earlier batch still runs. A

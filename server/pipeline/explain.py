@@ -18,7 +18,7 @@ from camserve import geometry
 
 from .batcher import IMAGES, PREDICT, Item, Result
 from .calls import Calls
-from .deadlines import all_or_none, by, deadline
+from .deadlines import all_or_none, by, deadline, of_the_call
 from .errors import RequestError, as_request_error
 from .images import Encoded, Raw, decode, fit, is_cheap
 from .limits import Limits
@@ -181,7 +181,9 @@ class Pipeline:
         size that ask the same of the same model, one map at the feature map's size,
         travel as one block (one admission, one item, the rows of one result); the
         others, and a block's requests when the block is refused for room or fails on
-        the model (each then fails alone, or not), run one by one."""
+        the model (each then fails alone, or not), run one by one. Requests that the
+        call's own gRPC deadline ended end the call DEADLINE_EXCEEDED, once all have
+        ended (deadlines.of_the_call); a request's own timeout_ms is its answer's."""
         blocks: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
             image, options = job.image, job.options
@@ -191,13 +193,21 @@ class Pipeline:
         grouped = {i for indices in blocks.values() for i in indices}
         alone = [i for i in range(len(jobs)) if i not in grouped]
         answers: list = [None] * len(jobs)
+        remaining = context.time_remaining() if context is not None else None  # as each request arrives
+        expired: list[RequestError] = []  # requests that the call's own deadline ended
+
+        def failure(i: int, err: Exception):
+            err = as_request_error(err)
+            if err.code == grpc.StatusCode.DEADLINE_EXCEEDED and of_the_call(remaining, jobs[i].options.timeout_ms):
+                expired.append(err)
+            return failed(i, err)
 
         async def one(i: int):
             job = jobs[i]
             try:
                 answers[i] = await self.explain(job.name, job.version, job.image, job.options, context, api, functools.partial(respond, i))
             except Exception as err:  # noqa: BLE001 - one request's failure is its own answer
-                answers[i] = failed(i, as_request_error(err))
+                answers[i] = failure(i, err)
 
         async def block(indices: list[int]):
             try:
@@ -207,9 +217,11 @@ class Pipeline:
                 await asyncio.gather(*(one(i) for i in indices))
             except Exception as err:  # noqa: BLE001 - the block's requests share the failure
                 for i in indices:
-                    answers[i] = failed(i, as_request_error(err))
+                    answers[i] = failure(i, err)
 
         await asyncio.gather(*(one(i) for i in alone), *(block(indices) for indices in blocks.values()))
+        if expired:  # every request has ended (run, or dropped and counted): the call ends as gRPC ends it
+            raise expired[0]
         return answers
 
     async def _block(self, jobs: list[Job], context, api: str) -> list[Explained]:
