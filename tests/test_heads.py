@@ -153,7 +153,8 @@ def head_server(exports, tmp_path_factory):
     repo = tmp_path_factory.mktemp("heads") / "repo"
     for kind in ("binary", "sigmoid"):
         shutil.copytree(exports.get(kind)[0], repo / kind / "1")
-    with serving(repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "4") as process:
+    # One image a call: one batch size to warm up.
+    with serving(repo, tmp_path_factory.mktemp("logs") / "server.log", "--max-batch-size", "1") as process:
         yield process
 
 
