@@ -35,12 +35,14 @@ class InputContract:
 
 class CamModule:
     def __init__(self, model, explainer: Explainer, input_size, xla: bool = True, contract: InputContract | None = None, name="camserve"):
-        # What tf.saved_model.save is given besides the signatures: the weights they read, and
-        # no tf.function. Save traces every tf.function it finds again, under a key of its own
-        # (the save context's variable policy): a second trace of the whole model, as long as
-        # the first (half of keras-hub MiT's export, measured). The signatures are the API.
+        # What tf.saved_model.save is given besides the signatures: the variables they read,
+        # and neither a tf.function nor the Keras model. Save traces every tf.function it finds
+        # again, under a key of its own (the save context's variable policy): a second trace of
+        # the whole model (half of keras-hub MiT's export). And it walks, saves and loads every
+        # layer of a Keras model as an object: InceptionV3's save took 9.1 s with its layers,
+        # 6.4 s without; its load 5.0 s and 3.6 s. The signatures are the SavedModel's API.
         self.root = tf.Module(name=name)
-        self.root.model = model
+        self.root.weights = list(model.variables)
         self._explainer = explainer
         self._contract = contract
         images = tf.TensorSpec([None, *input_size, 3], tf.uint8, name="images")
