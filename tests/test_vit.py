@@ -19,12 +19,12 @@ from tests import reference, vit
 GRID = vit.SIZE // vit.PATCH
 GRADCAM = reference.METHODS.index("gradcam")
 # An XLA signature compiles once per batch size, in this process too (4-5 s each): the tests
-# run the module's XLA exports on reference.check_export's batch size or on 2 images.
+# run keras-hub ViT's XLA export on reference.check_export's batch size.
 BATCH = len(reference.METHODS) + 3
 
 
 class Exported:
-    def __init__(self, tmp, pooling, layer=None, seed=0, xla=True, verify=True):
+    def __init__(self, tmp, pooling, layer=None, seed=0, verify=True):
         from camserve.export.exporter import ExportOptions, export
 
         keras.utils.set_random_seed(seed)
@@ -35,7 +35,7 @@ class Exported:
         self.source = tmp / f"vit_{pooling}.keras"
         self.model32.save(self.source)
         name = f"vit_{pooling}_{layer or 'default'}"
-        options = ExportOptions(source=str(self.source), repo=str(tmp / "repo"), name=name, preprocess="scale", layer=layer, xla=xla, verify=verify)
+        options = ExportOptions(source=str(self.source), repo=str(tmp / "repo"), name=name, preprocess="scale", layer=layer, xla=False, verify=verify)
         self.path = export(options)
         self.metadata = json.loads((self.path / "assets.extra" / "camserve.json").read_text())
         self.explain = tf.saved_model.load(str(self.path)).signatures["serving_default"]
@@ -79,8 +79,7 @@ def class_token(tmp):
 
 @pytest.fixture(scope="module")
 def mean_pooled(tmp):
-    # Plain graph: the token grid and the attention methods are verified under XLA on `class_token`.
-    return Exported(tmp, "mean", xla=False)
+    return Exported(tmp, "mean")
 
 
 def images(count, seed, size=vit.SIZE):
@@ -103,9 +102,9 @@ def test_gradcam_at_the_final_token_output_of_a_class_token_model_is_exactly_zer
     batch = images(BATCH, seed=6)
     _, _, gradients = class_token.reference(batch, "final_norm")
     assert not np.any(gradients[:, :, 1:]) and np.any(gradients[:, :, 0])
-    # Only its zeros matter: the faster plain graph, and no float64 verification (the class-token
-    # and mean-pooled exports of this ViT verify theirs; test_verify covers verification).
-    at_final = Exported(tmp, "class", layer="final_norm", xla=False, verify=False)
+    # Only its zeros matter: no float64 verification (the class-token and mean-pooled exports of
+    # this ViT verify theirs; test_verify covers verification).
+    at_final = Exported(tmp, "class", layer="final_norm", verify=False)
     assert at_final.metadata["feature_size"] == [GRID, GRID]
     classes, methods = np.resize([-1, 0, 3, -2], BATCH), [GRADCAM] * BATCH
     assert not np.any(at_final.run(batch, classes, methods)["heatmap_scale"])
@@ -271,7 +270,8 @@ class HubExported(Exported):
         self.source = tmp / f"hub_{kind}.keras"
         self.model32.save(self.source)
         mode = "torch" if classifier is None else None  # a user's model says nothing: the caller does
-        # XLA for ViT; the plain graph for the others, whose XLA compile is most of their export (Swin's 42 s).
+        # XLA for ViT: the token grid and the attention methods under XLA (the hand-written ViTs and the
+        # other families run plain graphs: an XLA compile is most of their export, Swin's 42 s).
         self.path = export(ExportOptions(source=str(self.source), repo=str(tmp / "repo"), name=f"hub_{kind}", preprocess=mode, xla=kind == "vit"))
         self.metadata = json.loads((self.path / "assets.extra" / "camserve.json").read_text())
         self.explain = tf.saved_model.load(str(self.path)).signatures["serving_default"]
