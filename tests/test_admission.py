@@ -20,7 +20,7 @@ def test_an_original_size_heatmap_too_large_to_send_is_refused_before_queueing(t
     from camserve.server.ops.process import serving
 
     image = np.zeros((560, 560, 3), np.uint8)  # 0.9 MiB of pixels fit the 1 MiB limit; their float map (1.2 MiB) does not
-    with serving(server_repo, tmp_path / "server.log", "--max-message-mb", "1") as server:
+    with serving(server_repo, tmp_path / "server.log", "--max-message-mb", "1", "--max-batch-size", "1") as server:
         executed = server.metric("camserve_executed_requests_total")
         with Client(server.target, model="tiny", max_message_mb=1) as client:
             with pytest.raises(grpc.RpcError) as err:

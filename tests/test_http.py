@@ -421,7 +421,7 @@ def limited(server_repo, tmp_path_factory):
     """Small limits, a short body timeout and a bearer token."""
     folder = tmp_path_factory.mktemp("limited")
     (folder / "token").write_text(TOKEN)
-    limits = ("--max-message-mb", "0.05", "--max-concurrent-rpcs", "2", "--http-body-timeout", str(BODY_TIMEOUT))
+    limits = ("--max-message-mb", "0.05", "--max-concurrent-rpcs", "2", "--http-body-timeout", str(BODY_TIMEOUT), "--max-batch-size", "1")
     with serving(server_repo, folder / "server.log", *limits, "--auth-token-file", str(folder / "token")) as process:
         yield process
 

@@ -39,7 +39,7 @@ def secure_server(server_repo, pki, tmp_path_factory):
         server_repo,
         tmp_path_factory.mktemp("logs") / "secure.log",
         *("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")),
-        *("--tls-client-ca", str(pki / "ca.pem"), "--auth-token-file", str(pki / "token")),
+        *("--tls-client-ca", str(pki / "ca.pem"), "--auth-token-file", str(pki / "token"), "--max-batch-size", "1"),
         credentials=credentials,
     )
     process.wait_for("SERVING")  # health needs no token

@@ -538,7 +538,8 @@ def test_an_upload_still_arriving_at_sigterm_is_answered(slow_repo, tmp_path):
 
     import cv2
 
-    server = ServerProcess(slow_repo, tmp_path / "drain.log", "--shutdown-delay", "0", "--max-concurrent-rpcs", "1", "--http-body-timeout", "5")
+    flags = ("--shutdown-delay", "0", "--max-concurrent-rpcs", "1", "--http-body-timeout", "5", "--max-batch-size", "1")
+    server = ServerProcess(slow_repo, tmp_path / "drain.log", *flags)
     png = cv2.imencode(".png", IMAGE)[1].tobytes()
     try:
         server.wait_for("SERVING")

@@ -258,7 +258,7 @@ def test_workers_do_not_outlive_their_supervisor_whose_folder_goes_at_the_next_s
     finally:
         process.terminate()
     assert state.exists()  # nothing could remove it
-    after = ServerProcess(server_repo, tmp_path / "after.log", "--workers", "2")
+    after = ServerProcess(server_repo, tmp_path / "after.log", "--workers", "2", "--max-batch-size", "1")
     try:
         assert eventually(lambda: not state.exists(), 30), "the next start to remove the dead supervisor's folder"
         # Stopped while its workers start (it handles SIGTERM from then on), it too removes its folder.
