@@ -39,8 +39,9 @@ class CamModule:
         # and neither a tf.function nor the Keras model. Save traces every tf.function it finds
         # again, under a key of its own (the save context's variable policy): a second trace of
         # the whole model (half of keras-hub MiT's export). And it walks, saves and loads every
-        # layer of a Keras model as an object: InceptionV3's save took 9.1 s with its layers,
-        # 6.4 s without; its load 5.0 s and 3.6 s. The signatures are the SavedModel's API.
+        # layer of a Keras model as an object: InceptionV3's save took 10.7 s with its layers,
+        # 4.5 s without; its load 4.0 s and 1.8 s (benchmarks/export_steps.py). The signatures
+        # are the SavedModel's API.
         self.root = tf.Module(name=name)
         self.root.weights = list(model.variables)
         self._explainer = explainer
