@@ -33,8 +33,12 @@ class InputContract:
         return heads.model_output(self.head, self.stripped, outputs)
 
 
-class CamModule:
+class CamModule(tf.Module):
     def __init__(self, model, explainer: Explainer, input_size, xla: bool = True, contract: InputContract | None = None, name="camserve"):
+        # A tf.Module itself: tf.functions of a plain object's bound methods were once given
+        # another method's trace (serve called with explain_input's arguments, one run in a
+        # long-lived one-core worker); a Module's never were.
+        super().__init__(name=name)
         # What tf.saved_model.save is given besides the signatures: the variables they read,
         # and neither a tf.function nor the Keras model. Save traces every tf.function it finds
         # again, under a key of its own (the save context's variable policy): a second trace of
